@@ -1,0 +1,282 @@
+"""Typed configuration: one small dataclass per component, composed into a model / experiment config.
+
+Configs load from YAML (``ExperimentConfig.from_yaml``) and accept dotted command-line overrides
+(``train.lr=5e-4``).  Everything that depends on the loaded models (hidden sizes, special-token ids)
+is read from the models at build time, never from tables keyed by model names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: prompts of the paper, by the set of modalities the LLM sees
+PROMPTS: dict[frozenset[str], str] = {
+    frozenset({"audio"}): "Transcribe speech to text.",
+    frozenset({"video"}): "Transcribe video to text.",
+    frozenset({"audio", "video"}): "Transcribe speech and video to text.",
+}
+
+#: tokens added to every tokenizer (DESIGN §2)
+SPECIAL_TOKENS: tuple[str, ...] = ("<audio>", "</audio>", "<video>", "</video>")
+PAD_TOKEN = "<pad>"
+
+MODALITIES: tuple[str, ...] = ("audio", "video")
+
+
+@dataclass
+class EncoderConfig:
+    """One encoder.
+
+    kind: registry key (``whisper``, ``wavlm``, ``avhubert``).
+    source: where the weights come from: a hub id (``openai/whisper-medium.en``), an embedded name
+        (``whisper-tiny.en``), a local directory, or a fairseq checkpoint for AV-HuBERT.  ``None`` builds
+        the architecture in ``arch`` with random weights (tests, from-scratch training, ``params``).
+    arch: architecture config (a JSON file, or a name under ``configs/arch``) used when ``source`` is
+        ``None`` or when building on the meta device.
+    frozen: freeze the encoder weights (paper); encoder-side LoRA stays trainable.
+    train_mode: keep a frozen encoder in train mode (dropout, layerdrop, BatchNorm updates) as the
+        reference code does; default eval mode.
+    options: encoder-specific options, parsed by the encoder's own dataclass (see its module).
+    """
+
+    kind: str
+    source: str | None = None
+    arch: str | None = None
+    frozen: bool = True
+    train_mode: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.source is None and self.arch is None:
+            raise ValueError(f"encoder {self.kind!r} needs a weight `source` or an `arch` config")
+
+
+@dataclass
+class CompressionConfig:
+    """Frame compression before the projector: ``stack`` k frames (dim·k) or ``avg-pool`` them (dim).
+
+    ``remainder``: what to do with the last T mod k frames — ``drop`` them (the reference) or
+    ``pad`` them with zeros to a full group.
+    """
+
+    kind: str = "stack"
+    ratio: int = 3
+    remainder: str = "drop"
+
+    def __post_init__(self) -> None:
+        if self.ratio < 1:
+            raise ValueError(f"compression ratio must be >= 1, got {self.ratio}")
+        if self.remainder not in ("drop", "pad"):
+            raise ValueError(f"compression remainder must be 'drop' or 'pad', got {self.remainder!r}")
+
+
+@dataclass
+class ProjectorConfig:
+    """Linear(dim_in → hidden) → ReLU → Linear(hidden → H_llm) [→ LayerNorm(H_llm)]."""
+
+    hidden: int = 2048
+    layernorm: bool = False
+
+
+@dataclass
+class StreamConfig:
+    """One group of LLM input tokens: an encoder applied to some batch fields, compressed, projected.
+
+    The usual streams are ``audio`` (inputs [audio]) and ``video`` (inputs [video]).  The
+    ``audiovisual_avhubert`` mode with one shared projector is a single stream with inputs
+    [audio, video] on one AV-HuBERT and no delimiter tokens, as in the reference.
+    """
+
+    encoder: str
+    inputs: list[str]
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    begin_token: str | None = None
+    end_token: str | None = None
+
+    def __post_init__(self) -> None:
+        bad = set(self.inputs) - set(MODALITIES)
+        if bad or not self.inputs:
+            raise ValueError(f"stream inputs must be a non-empty subset of {MODALITIES}, got {self.inputs}")
+        if (self.begin_token is None) != (self.end_token is None):
+            raise ValueError("set both begin_token and end_token, or neither")
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA on the LLM with the reference semantics.
+
+    r = hidden_size / reduction, scaling = alpha / reduction (paper: reduction 64, alpha 8 → r 64 and
+    scaling 0.125 on a 4096-wide model).  Implemented with PEFT: ``lora_alpha = scaling · r``.
+    """
+
+    reduction: int = 64
+    alpha: float = 8.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    dropout: float = 0.0
+    rank: int | None = None  # overrides hidden/reduction when set
+
+    def rank_for(self, hidden_size: int) -> int:
+        return self.rank if self.rank is not None else max(1, hidden_size // self.reduction)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.reduction
+
+
+@dataclass
+class LLMConfig:
+    """The causal LM.
+
+    source: hub id, embedded name (``smollm2-135m``) or local directory; ``None`` builds ``arch``
+        with random weights.
+    arch: a transformers config JSON (file, or name under ``configs/arch``) for meta-device builds.
+    dtype: storage dtype of the frozen LLM weights (``float32``, ``bfloat16``).
+    lora: LoRA on q/v; ``None`` trains only the projectors (reference ``add_PETF_LLM None``).
+    """
+
+    source: str | None = "smollm2-135m"
+    arch: str | None = None
+    dtype: str = "float32"
+    lora: LoRAConfig | None = field(default_factory=LoRAConfig)
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.source is None and self.arch is None:
+            raise ValueError("llm needs a weight `source` or an `arch` config")
+
+
+@dataclass
+class ModelConfig:
+    """The whole Llama-AVSR model.
+
+    encoders: named encoders (a stream refers to one by name; two streams may share one).
+    streams: ordered; LLM input = BOS, stream tokens in this order, prompt, transcript, EOS.
+    prompt: ``None`` picks the paper's prompt from the modalities the streams read.
+    sink_loss_factor: weight of the attention-sink loss (follow-up paper); 0 disables it.
+    """
+
+    encoders: dict[str, EncoderConfig]
+    streams: dict[str, StreamConfig]
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    prompt: str | None = None
+    sink_loss_factor: float = 0.0
+    sink_loss_layers: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.streams:
+            raise ValueError("model needs at least one stream")
+        for name, s in self.streams.items():
+            if s.encoder not in self.encoders:
+                raise ValueError(f"stream {name!r} uses unknown encoder {s.encoder!r}")
+        if self.prompt is None:
+            self.prompt = PROMPTS[frozenset(self.modalities)]
+
+    @property
+    def modalities(self) -> list[str]:
+        """Batch fields the model reads, in canonical order."""
+        used = {m for s in self.streams.values() for m in s.inputs}
+        return [m for m in MODALITIES if m in used]
+
+
+# --------------------------------------------------------------------------------------------------
+# dict / YAML conversion
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Convert plain YAML data into the annotated type (dataclasses, optionals, lists, dicts)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _convert(non_none[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp) or (Any, Any)
+        return {k: _convert(item, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int | str) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, str):
+        return int(value)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, with clear errors for unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{where or cls.__name__}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass → plain nested dict (YAML/JSON serialisable)."""
+    return dataclasses.asdict(obj)
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c=value`` in a nested dict, creating mappings as needed."""
+    parts = key.split(".")
+    cur = data
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = cur[p] = {}
+        if not isinstance(nxt, dict):
+            raise ValueError(f"override {key!r}: {p!r} is not a mapping")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; values are parsed as YAML (``1e-3``, ``true``, ``[1,2]``)."""
+    for ov in overrides:
+        if "=" not in ov:
+            raise ValueError(f"override {ov!r} must look like key.path=value")
+        key, raw = ov.split("=", 1)
+        set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with path.open() as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping")
+    return data
+
+
+def find_arch(name: str) -> Path:
+    """Resolve an architecture config: a path, or a name under the packaged ``configs/arch``."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for root in (Path(__file__).parent / "configs" / "arch", Path(__file__).parents[2] / "configs" / "arch"):
+        for cand in (root / name, root / f"{name}.json"):
+            if cand.is_file():
+                return cand
+    raise FileNotFoundError(f"architecture config {name!r} not found (a JSON path or a name in configs/arch)")
