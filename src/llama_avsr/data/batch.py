@@ -1,0 +1,50 @@
+"""The typed batch the model consumes (shapes documented once, here).
+
+- ``inputs["audio"]``: (B, T_a) float32 waveform, 16 kHz, zero-padded on the right;
+  ``lengths["audio"]``: (B,) samples.
+- ``inputs["video"]``: (B, T_v, 1, 88, 88) float32 normalised mouth crops, zero-padded;
+  ``lengths["video"]``: (B,) frames (25 fps).
+- ``target_ids``: (B, L) int64 transcript tokens followed by EOS, right-padded with ``PAD_LABEL``;
+  ``None`` at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+#: label value ignored by the loss (the HF / PyTorch convention)
+PAD_LABEL = -100
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    texts: list[str]
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    lengths: dict[str, torch.Tensor] = field(default_factory=dict)
+    target_ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        mv = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(
+            ids=self.ids,
+            texts=self.texts,
+            inputs={k: mv(v) for k, v in self.inputs.items()},
+            lengths={k: mv(v) for k, v in self.lengths.items()},
+            target_ids=None if self.target_ids is None else mv(self.target_ids),
+        )
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True) so host→GPU copies can be asynchronous."""
+        return Batch(
+            ids=self.ids,
+            texts=self.texts,
+            inputs={k: v.pin_memory() for k, v in self.inputs.items()},
+            lengths={k: v.pin_memory() for k, v in self.lengths.items()},
+            target_ids=None if self.target_ids is None else self.target_ids.pin_memory(),
+        )
