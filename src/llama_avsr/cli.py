@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in _available().items():
         p = sub.add_parser(
-            name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+            name,
+            help=mod.HELP,
+            description=getattr(mod, "DESCRIPTION", mod.HELP),
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         mod.add_arguments(p)
@@ -59,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * (args.verbose + 1)
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

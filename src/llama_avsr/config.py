@@ -43,6 +43,7 @@ class EncoderConfig:
     frozen: freeze the encoder weights (paper); encoder-side LoRA stays trainable.
     train_mode: keep a frozen encoder in train mode (dropout, layerdrop, BatchNorm updates) as the
         reference code does; default eval mode.
+    dtype: storage dtype of the encoder weights (``float32``, ``bfloat16``); inputs are cast to it.
     options: encoder-specific options, parsed by the encoder's own dataclass (see its module).
     """
 
@@ -51,6 +52,7 @@ class EncoderConfig:
     arch: str | None = None
     frozen: bool = True
     train_mode: bool = False
+    dtype: str = "float32"
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,12 +140,14 @@ class LLMConfig:
     source: hub id, embedded name (``smollm2-135m``) or local directory; ``None`` builds ``arch``
         with random weights.
     arch: a transformers config JSON (file, or name under ``configs/arch``) for meta-device builds.
+    tokenizer: where the tokenizer comes from when it differs from ``source`` (random-weight builds).
     dtype: storage dtype of the frozen LLM weights (``float32``, ``bfloat16``).
     lora: LoRA on q/v; ``None`` trains only the projectors (reference ``add_PETF_LLM None``).
     """
 
     source: str | None = "smollm2-135m"
     arch: str | None = None
+    tokenizer: str | None = None
     dtype: str = "float32"
     lora: LoRAConfig | None = field(default_factory=LoRAConfig)
     gradient_checkpointing: bool = False
@@ -268,6 +272,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping")
     return data
+
+
+def torch_dtype(name: str):
+    """``"bfloat16"`` → ``torch.bfloat16`` (clear error for unknown names)."""
+    import torch
+
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r} (use float32, bfloat16 or float16)")
+    return dt
 
 
 def find_arch(name: str) -> Path:

@@ -180,7 +180,9 @@ def write_video(
                 pcm = np.clip(np.asarray(audio, dtype=np.float32), -1, 1)[None, :]
                 step = 1024
                 for i in range(0, pcm.shape[1], step):
-                    af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i : i + step]), format="fltp", layout="mono")
+                    af = av.AudioFrame.from_ndarray(
+                        np.ascontiguousarray(pcm[:, i : i + step]), format="fltp", layout="mono"
+                    )
                     af.sample_rate = sample_rate
                     af.pts = i
                     for pkt in as_.encode(af):

@@ -84,4 +84,3 @@ def build_encoder(cfg: EncoderConfig) -> Encoder:
     if not enc.keep_train_mode:
         enc.eval()
     return enc
-

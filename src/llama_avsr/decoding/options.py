@@ -1,0 +1,18 @@
+"""Decoding options, frozen: the paper's beam search by default [paper: 15 beams, 32 new tokens]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    num_beams: int = 15
+    max_new_tokens: int = 32
+    length_penalty: float = 1.0
+    #: decode in batches of this many utterances (sorted by length to limit padding)
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.num_beams < 1 or self.max_new_tokens < 1:
+            raise ValueError("num_beams and max_new_tokens must be >= 1")

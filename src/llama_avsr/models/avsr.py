@@ -1,0 +1,264 @@
+"""The fused Llama-AVSR model: encoders → compressors → projectors → LLM (+LoRA).
+
+Modalities are data: encoders, compressors and projectors live in ``nn.ModuleDict``s keyed by the
+names in :class:`~llama_avsr.config.ModelConfig`, and one loop runs every stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from llama_avsr.config import ModelConfig
+from llama_avsr.data.batch import PAD_LABEL, Batch
+from llama_avsr.decoding.options import DecodingOptions
+from llama_avsr.models.compression import build_compressor
+from llama_avsr.models.encoders import build_encoder
+from llama_avsr.models.llm import TokenIds, apply_lora, base_causal_lm, load_llm, load_tokenizer, token_ids
+from llama_avsr.models.projector import Projector
+from llama_avsr.models.splice import Sequences, StreamFeatures, build_sequences
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AVSROutput:
+    """``loss`` = lm_loss + sink_loss. ``lm_loss_sum`` / ``n_tokens`` allow averaging over the tokens
+    of a global batch (distributed training)."""
+
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+    sink_loss: torch.Tensor
+    lm_loss_sum: torch.Tensor
+    n_tokens: torch.Tensor
+
+
+class TrainableStateError(ValueError):
+    """Saved trainable weights that do not fit this model's configuration."""
+
+
+class AVSRModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, tokenizer=None, meta: bool = False) -> None:
+        """Build the model. ``meta=True`` builds every part on the meta device from the architecture
+        configs (no weights, no tokenizer): enough to count parameters."""
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        if tokenizer is None and not meta:
+            self.tokenizer = load_tokenizer(cfg.llm.tokenizer or cfg.llm.source)
+        self.ids: TokenIds | None = token_ids(self.tokenizer) if self.tokenizer is not None else None
+
+        self.encoders = nn.ModuleDict()
+        for name, ecfg in cfg.encoders.items():
+            if meta:
+                ecfg = dataclasses.replace(ecfg, source=None)
+            with torch.device("meta") if meta else contextlib.nullcontext():
+                self.encoders[name] = build_encoder(ecfg)
+
+        llm = load_llm(cfg.llm, len(self.tokenizer) if self.tokenizer is not None else None, meta=meta)
+        self.hidden_size = llm.get_input_embeddings().embedding_dim
+        self.llm = apply_lora(llm, cfg.llm.lora) if cfg.llm.lora is not None else llm
+
+        self.compressors = nn.ModuleDict()
+        self.projectors = nn.ModuleDict()
+        for name, scfg in cfg.streams.items():
+            comp = build_compressor(scfg.compression)
+            dim_in = comp.output_dim(self.encoders[scfg.encoder].output_dim)
+            self.compressors[name] = comp
+            with torch.device("meta") if meta else contextlib.nullcontext():
+                self.projectors[name] = Projector(dim_in, self.hidden_size, scfg.projector)
+        self._prompt_ids = (
+            self.tokenizer(cfg.prompt, add_special_tokens=False)["input_ids"] if self.tokenizer else []
+        )
+        self._configure_trainable()
+
+    # ------------------------------------------------------------------------------------------
+    # what trains — the one place that decides it
+
+    def _configure_trainable(self) -> None:
+        """Projectors always train; LLM LoRA adapters train when LoRA is on (otherwise the LLM is
+        frozen: the reference's ``add_PETF_LLM None``); encoders train only when ``frozen: false``,
+        and encoder-side LoRA (AV-HuBERT) trains when enabled."""
+        self.requires_grad_(False)
+        self.projectors.requires_grad_(True)
+        for name, enc in self.encoders.items():
+            if not self.cfg.encoders[name].frozen:
+                enc.requires_grad_(True)
+            for p in enc.lora_parameters():
+                p.requires_grad_(True)
+        if self.cfg.llm.lora is not None:
+            for n, p in self.llm.named_parameters():
+                if "lora_" in n:
+                    p.requires_grad_(True)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Trainable parameters, plus the buffers (e.g. BatchNorm statistics) of trained encoders."""
+        state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        for name, enc in self.encoders.items():
+            if not self.cfg.encoders[name].frozen:
+                state.update(enc.state_dict(prefix=f"encoders.{name}."))
+        return state
+
+    def save_trainable(self, path: str | Path) -> None:
+        """Write the trainable state as safetensors (atomic: temp file + rename)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}, str(tmp))
+        tmp.replace(path)
+
+    def load_trainable(
+        self, path_or_state: str | Path | dict[str, torch.Tensor], strict: bool = True
+    ) -> None:
+        """Load weights saved by :meth:`save_trainable`; mismatches raise :class:`TrainableStateError`."""
+        state = path_or_state
+        if not isinstance(state, dict):
+            try:
+                state = load_file(str(path_or_state))
+            except Exception as e:  # safetensors raises several types for damaged files
+                raise TrainableStateError(f"{path_or_state}: not a readable safetensors file ({e})") from e
+        own = self.trainable_state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = [
+            f"{k}: saved {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in set(own) & set(state)
+            if state[k].shape != own[k].shape
+        ]
+        if shapes or (strict and (missing or unexpected)):
+            raise TrainableStateError(
+                "trainable weights do not match this model configuration"
+                + (
+                    f"; missing {missing[:5]}{'…' if len(missing) > 5 else ''} ({len(missing)})"
+                    if missing
+                    else ""
+                )
+                + (f"; unexpected {unexpected[:5]} ({len(unexpected)})" if unexpected else "")
+                + (f"; shape mismatch {shapes[:5]}" if shapes else "")
+            )
+        with torch.no_grad():
+            params = dict(self.named_parameters())
+            buffers = dict(self.named_buffers())
+            for k, v in state.items():
+                if k in params:
+                    params[k].copy_(v)
+                elif k in buffers:
+                    buffers[k].copy_(v)
+
+    # ------------------------------------------------------------------------------------------
+    # forward path
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    def encode(self, batch: Batch) -> list[StreamFeatures]:
+        """Run every stream: encoder → compressor → projector. Returns per-stream (B, T, H) + lengths."""
+        out = []
+        for name, scfg in self.cfg.streams.items():
+            enc = self.encoders[scfg.encoder]
+            inputs = {m: batch.inputs[m] for m in scfg.inputs}
+            lengths = {m: batch.lengths[m] for m in scfg.inputs}
+            needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in enc.parameters())
+            with torch.set_grad_enabled(needs_grad):
+                feats, lens = enc(inputs, lengths)
+            feats, lens = self.compressors[name](feats, lens)
+            proj = self.projectors[name]
+            feats = proj(feats.to(proj[0].weight.dtype))
+            begin = self.ids.added[scfg.begin_token] if scfg.begin_token else None
+            end = self.ids.added[scfg.end_token] if scfg.end_token else None
+            out.append(StreamFeatures(feats, lens, begin, end))
+        return out
+
+    def prepare(self, batch: Batch, with_targets: bool) -> Sequences:
+        if with_targets and batch.target_ids is None:
+            raise ValueError("training needs target_ids in the batch (collate with_targets=True)")
+        return build_sequences(
+            self.llm.get_input_embeddings(),
+            self.encode(batch),
+            self._prompt_ids,
+            self.ids.bos,
+            self.ids.pad,
+            batch.target_ids if with_targets else None,
+        )
+
+    def forward(self, batch: Batch) -> AVSROutput:
+        """Loss on transcript tokens only (+ optional sink loss).
+
+        LM logits are computed only at the positions that predict a transcript token: with a ~50k
+        vocabulary the output layer is a large share of the cost and the other positions are unused.
+        """
+        seq = self.prepare(batch, with_targets=True)
+        base = base_causal_lm(self.llm)
+        sink = self.cfg.sink_loss_factor > 0
+        out = base.get_decoder()(
+            inputs_embeds=seq.embeds,
+            attention_mask=seq.attention_mask,
+            position_ids=seq.position_ids,
+            output_hidden_states=sink,
+            use_cache=False,
+        )
+        nxt = seq.labels[:, 1:]
+        sel = nxt != PAD_LABEL
+        hidden = out.last_hidden_state[:, :-1][sel]  # (N, H)
+        logits = base.get_output_embeddings()(hidden).float()
+        n_tokens = sel.sum()
+        lm_sum = F.cross_entropy(logits, nxt[sel], reduction="sum")
+        lm_loss = lm_sum / n_tokens.clamp(min=1)
+        sink_loss = (
+            self.cfg.sink_loss_factor * self._sink_loss(out.hidden_states, seq)
+            if sink
+            else lm_loss.new_zeros(())
+        )
+        return AVSROutput(lm_loss + sink_loss, lm_loss, sink_loss, lm_sum, n_tokens)
+
+    def _sink_loss(self, hidden_states: tuple[torch.Tensor, ...], seq: Sequences) -> torch.Tensor:
+        """Mean over intermediate layers of the squared cosine similarity between the BOS hidden state
+        and every other non-output position (follow-up paper, arXiv 2510.22603)."""
+        layers = self.cfg.sink_loss_layers or list(range(1, len(hidden_states) - 1))
+        b = seq.embeds.shape[0]
+        pos = torch.arange(seq.embeds.shape[1], device=seq.embeds.device)[None]
+        other = (seq.attention_mask.bool() & (seq.labels == PAD_LABEL) & (pos != seq.start[:, None])).float()
+        total = seq.embeds.new_zeros((), dtype=torch.float32)
+        for layer in layers:
+            h = hidden_states[layer].float()
+            bos = h[torch.arange(b), seq.start]  # (B, H)
+            cos = F.cosine_similarity(h, bos[:, None], dim=-1)  # (B, S)
+            total = total + ((cos**2) * other).sum() / other.sum().clamp(min=1)
+        return total / len(layers)
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, options: DecodingOptions | None = None) -> list[str]:
+        """Deterministic batched beam search (``do_sample=False``) with KV cache → transcripts."""
+        from transformers import GenerationConfig
+
+        options = options or DecodingOptions()
+        seq = self.prepare(batch, with_targets=False)
+        gen = GenerationConfig(
+            num_beams=options.num_beams,
+            max_new_tokens=options.max_new_tokens,
+            length_penalty=options.length_penalty,
+            do_sample=False,
+            early_stopping=True if options.num_beams > 1 else False,
+            use_cache=True,
+            eos_token_id=self.ids.eos,
+            pad_token_id=self.ids.pad,
+            bos_token_id=self.ids.bos,
+        )
+        ids = self.llm.generate(
+            inputs_embeds=seq.embeds, attention_mask=seq.attention_mask, generation_config=gen
+        )
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(total, trainable) parameter counts."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return total, trainable

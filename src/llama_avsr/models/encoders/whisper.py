@@ -1,0 +1,135 @@
+"""Whisper encoder (Hugging Face ``WhisperModel``), any size; encoder only.
+
+Two ways to run it:
+
+- ``pad_to_30s=True`` (default, the reference): the log-mel input is padded to Whisper's 30 s window,
+  the whole window is encoded and the output is cut to the batch's audio length
+  (``max(int(max_len / 16000 * 50), 25)`` frames, as the reference does);
+- ``pad_to_30s=False``: only the true length is encoded (padded to the batch maximum, with an
+  attention mask so that padding never changes a sample's features). Much faster for short
+  utterances; features differ slightly from the padded ones (cosine ≈ 0.97 for tiny.en, DESIGN §7).
+
+Output: 50 frames/s, width ``d_model``. Log-mel features are computed in torch on the input's device
+with the same filters and normalisation as ``WhisperFeatureExtractor``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
+
+from llama_avsr.config import EncoderConfig, find_arch, torch_dtype
+from llama_avsr.models.encoders.base import ENCODERS, Encoder, parse_options
+
+SAMPLE_RATE = 16_000
+N_FFT = 400
+HOP = 160
+#: waveform samples per encoder output frame (2 mel hops: conv2 has stride 2)
+SAMPLES_PER_FRAME = 2 * HOP
+CHUNK_SECONDS = 30
+#: the reference keeps at least this many frames (0.5 s) after cutting the 30 s output
+MIN_REFERENCE_FRAMES = 25
+
+
+@dataclass
+class WhisperOptions:
+    pad_to_30s: bool = True
+
+
+class LogMel(nn.Module):
+    """Whisper's log-mel spectrogram in torch. (B, T) waveform → (B, n_mels, T // 160)."""
+
+    def __init__(self, n_mels: int) -> None:
+        super().__init__()
+        fe = WhisperFeatureExtractor(feature_size=n_mels)
+        self.register_buffer("filters", torch.from_numpy(fe.mel_filters).float().T, persistent=False)
+        self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        wav = wav.float()
+        # zero past each length so padding is silence, exactly as the reference's zero-padded batch
+        t = torch.arange(wav.shape[1], device=wav.device)
+        wav = wav * (t[None] < lengths[:, None])
+        stft = torch.stft(wav, N_FFT, HOP, window=self.window, return_complex=True)
+        power = stft[..., :-1].abs() ** 2
+        mel = self.filters @ power
+        log_spec = mel.clamp(min=1e-10).log10()
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, peak - 8.0)
+        return (log_spec + 4.0) / 4.0
+
+
+class WhisperEncoder(Encoder):
+    accepts = ("audio",)
+    frame_rate = SAMPLE_RATE / SAMPLES_PER_FRAME
+
+    def __init__(self, encoder: HFWhisperEncoder, options: WhisperOptions) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.options = options
+        self.output_dim = encoder.config.d_model
+        self.log_mel = LogMel(encoder.config.num_mel_bins)
+        self.max_frames = encoder.config.max_source_positions
+
+    def output_lengths(self, samples: torch.Tensor) -> torch.Tensor:
+        return (samples // SAMPLES_PER_FRAME).clamp(min=1, max=self.max_frames)
+
+    def forward(
+        self, inputs: Mapping[str, torch.Tensor], lengths: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        wav, n = inputs["audio"], lengths["audio"]
+        out_len = self.output_lengths(n)
+        if self.options.pad_to_30s:
+            wav = F.pad(wav, (0, max(0, CHUNK_SECONDS * SAMPLE_RATE - wav.shape[1])))
+            wav = wav[:, : CHUNK_SECONDS * SAMPLE_RATE]
+            feats = self._encode(self.log_mel(wav, n), attention_mask=None)
+            keep = max(int(int(n.max()) / SAMPLE_RATE * 50), MIN_REFERENCE_FRAMES)
+            return feats[:, :keep], out_len.clamp(max=keep)
+        n_mel = int(out_len.max()) * 2
+        wav = F.pad(wav, (0, max(0, n_mel * HOP - wav.shape[1])))[:, : n_mel * HOP]
+        mel = self.log_mel(wav, n)
+        t = torch.arange(int(out_len.max()), device=wav.device)
+        valid = t[None] < out_len[:, None]  # (B, T)
+        return self._encode(mel, attention_mask=valid), out_len
+
+    def _encode(self, mel: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The HF encoder's computation on any number of frames (HF insists on exactly 30 s).
+
+        mel: (B, n_mels, 2T); attention_mask: (B, T) bool (True = valid) or None → (B, T, D).
+        """
+        enc = self.encoder
+        dtype = enc.conv1.weight.dtype
+        x = F.gelu(enc.conv1(mel.to(dtype)))
+        x = F.gelu(enc.conv2(x)).transpose(1, 2)
+        x = x + enc.embed_positions.weight[: x.shape[1]]
+        mask = None
+        if attention_mask is not None:
+            mask = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
+            mask = mask.masked_fill(~attention_mask, torch.finfo(x.dtype).min)[:, None, None, :]
+        for layer in enc.layers:
+            x = layer(x, attention_mask=mask)
+            x = x[0] if isinstance(x, tuple) else x
+        return enc.layer_norm(x)
+
+
+def load_whisper_encoder(source: str | None, arch: str | None, dtype: torch.dtype) -> HFWhisperEncoder:
+    if source is None:
+        config = WhisperConfig(**json.loads(find_arch(arch).read_text()))
+        return HFWhisperEncoder(config).to(dtype)
+    from llama_avsr.hub import resolve
+
+    path = resolve(source, "whisper")
+    return WhisperModel.from_pretrained(str(path), dtype=dtype).get_encoder()
+
+
+@ENCODERS.register("whisper")
+def build_whisper(cfg: EncoderConfig) -> WhisperEncoder:
+    opts = parse_options(WhisperOptions, cfg.options, cfg.kind)
+    return WhisperEncoder(load_whisper_encoder(cfg.source, cfg.arch, torch_dtype(cfg.dtype)), opts)
