@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 #: sub-command name → module under llama_avsr.commands (order = order in --help)
 COMMANDS: dict[str, str] = {
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # PEFT calls a transformers API that warns about its own deprecation on every model build
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * (args.verbose + 1)

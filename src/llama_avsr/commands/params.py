@@ -1,0 +1,47 @@
+"""``llama-avsr params``: count total and trainable parameters of a configuration without weights."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+HELP = "count total and trainable parameters of a config (built on the meta device: no weights needed)"
+DESCRIPTION = (
+    HELP + ". Every part is built from the architecture configs kept in the repo (configs/arch), so "
+    "paper-size models (Llama-3.1-8B, Whisper-medium, AV-HuBERT Large) are counted instantly. The last "
+    "line, `trainable: N`, gives the exact integer."
+)
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="experiment YAML (its `model:` section is used)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.llm.lora.reduction=32")
+
+
+def _fmt(n: int) -> str:
+    return f"{n / 1e6:,.2f} M"
+
+
+def run(args: argparse.Namespace) -> int:
+    from llama_avsr.config import ModelConfig, apply_overrides, from_dict, load_yaml
+    from llama_avsr.models.avsr import AVSRModel
+
+    data = apply_overrides(load_yaml(args.config), args.overrides)
+    cfg = from_dict(ModelConfig, data["model"], "model")
+    model = AVSRModel(cfg, meta=True)
+    rows = []
+    for group, mod in (("encoders", model.encoders), ("projectors", model.projectors), ("llm", model.llm)):
+        for name, sub in mod.named_children() if group != "llm" else [("llm", mod)]:
+            total = sum(p.numel() for p in sub.parameters())
+            train = sum(p.numel() for p in sub.parameters() if p.requires_grad)
+            rows.append((f"{group}.{name}" if group != "llm" else "llm", total, train))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'component':<{width}}  {'total':>14}  {'trainable':>12}")  # noqa: T201
+    for name, total, train in rows:
+        print(f"{name:<{width}}  {_fmt(total):>14}  {_fmt(train):>12}")  # noqa: T201
+    total, trainable = model.parameter_counts()
+    print(f"{'all':<{width}}  {_fmt(total):>14}  {_fmt(trainable):>12}")  # noqa: T201
+    print(f"trainable: {trainable}")  # noqa: T201
+    return 0
