@@ -1,0 +1,75 @@
+"""Data configuration: where the corpus is, how batches are formed, augmentation noise, error policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: training SNRs of the paper in dB; ``None`` = clean (the reference uses 999999 dB for it)
+PAPER_TRAIN_SNRS: tuple[float | None, ...] = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0, None)
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass
+class DataConfig:
+    """Corpus, batching and augmentation settings.
+
+    root: corpus root, ``<root>/<dataset_name>/<rel_path>.mp4`` (+ ``.wav`` beside it).
+    train_csv / val_csv / test_csv: label CSVs (five fields, no header, see ``corpus.read_labels``).
+        A relative path that does not exist is also looked up as ``<root>/labels/<name>`` (the layout of
+        the reference code).
+    max_frames: frame budget per batch and per device: the sum of the video-frame lengths (25 fps) of
+        the items in a batch; an item longer than the budget forms a batch of its own.
+    num_buckets: length buckets (equal-width between the shortest and longest item).
+    max_batch_size: optional cap on the number of items per batch.
+    num_workers: DataLoader worker processes (0 = load in the main process).
+    noise_file: babble / noise wav for augmentation; ``None`` uses the project's synthetic babble track
+        (generated on first use).
+    train_snrs: SNRs in dB drawn uniformly per training utterance; ``None`` entries mean clean.
+    decode_snr_target: SNR of the noise added at validation / test; ``None`` = clean.
+    seed: seeds the batch order (with the epoch) and the augmentation generators.
+    on_error: ``skip`` logs and drops unreadable items, ``raise`` fails on the first one.
+    """
+
+    root: str | None = None
+    train_csv: str | None = None
+    val_csv: str | None = None
+    test_csv: str | None = None
+    max_frames: int = 1000
+    num_buckets: int = 400
+    max_batch_size: int | None = None
+    num_workers: int = 4
+    noise_file: str | None = None
+    train_snrs: list[float | None] = field(default_factory=lambda: list(PAPER_TRAIN_SNRS))
+    decode_snr_target: float | None = None
+    seed: int = 0
+    on_error: str = "skip"
+
+    def __post_init__(self) -> None:
+        if self.max_frames < 1:
+            raise ValueError(f"data.max_frames must be >= 1, got {self.max_frames}")
+        if self.num_buckets < 1:
+            raise ValueError(f"data.num_buckets must be >= 1, got {self.num_buckets}")
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            raise ValueError(f"data.max_batch_size must be >= 1 or null, got {self.max_batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.on_error not in ("skip", "raise"):
+            raise ValueError(f"data.on_error must be 'skip' or 'raise', got {self.on_error!r}")
+        if not self.train_snrs:
+            raise ValueError("data.train_snrs must hold at least one level (null = clean)")
+
+    def csv_path(self, split: str) -> Path:
+        """The label CSV of ``split`` (``train``, ``val``, ``test``), resolved as documented above."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        name = getattr(self, f"{split}_csv")
+        if name is None:
+            raise ValueError(f"data.{split}_csv is not set")
+        path = Path(name)
+        if not path.is_file() and not path.is_absolute() and self.root is not None:
+            alt = Path(self.root) / "labels" / path
+            if alt.is_file():
+                return alt
+        return path

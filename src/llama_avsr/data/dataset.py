@@ -1,0 +1,276 @@
+"""Map-style audio-visual dataset, bad-item handling, and the DataLoader factory.
+
+A sample is ``{"id": str, "text": str, "audio": (T_a,) float32, "video": (T_v, 1, 88, 88) float32}``
+with only the requested modalities.  When both are read, the audio is cut or zero-padded to
+``T_v · 640`` samples (16 kHz / 25 fps) before the transforms, as the reference does, so both streams
+cover the same time.
+
+Bad items (missing, empty or corrupt file, no audio track and no ``.wav``, frames too small to crop)
+are logged with the file named and, with ``on_error="skip"``, returned as a :class:`SkippedItem`; the
+collate wrapper :class:`SkipBadItems` drops them and lists their ids in the batch
+(:class:`BatchWithSkips.skipped`), so the count reaches the trainer from worker processes too.
+With ``on_error="raise"`` the first bad item raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from llama_avsr import media
+from llama_avsr.config import MODALITIES
+from llama_avsr.data.batch import Batch
+from llama_avsr.data.config import DataConfig
+from llama_avsr.data.corpus import SAMPLES_PER_FRAME, Utterance, read_labels
+from llama_avsr.data.sampler import FrameBudgetBatchSampler
+from llama_avsr.data.transforms import build_transforms
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """Stands in for a sample that could not be loaded (``on_error="skip"``)."""
+
+    id: str
+    reason: str
+
+
+@dataclass
+class BatchWithSkips(Batch):
+    """A :class:`Batch` that also lists the ids of the items dropped from it as unreadable.
+
+    A batch whose items were all bad has ``len(batch) == 0`` and no inputs: skip the step.
+    """
+
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_batch(cls, batch: Batch, skipped: list[str]) -> BatchWithSkips:
+        return cls(**{f.name: getattr(batch, f.name) for f in fields(Batch)}, skipped=skipped)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> BatchWithSkips:
+        return BatchWithSkips.from_batch(super().to(device, non_blocking), self.skipped)
+
+    def pin_memory(self) -> BatchWithSkips:
+        return BatchWithSkips.from_batch(super().pin_memory(), self.skipped)
+
+
+class SkipBadItems:
+    """Collate wrapper: drops :class:`SkippedItem` (and ``None``) samples, collates the rest.
+
+    collator: e.g. :class:`~llama_avsr.data.collate.Collator`.  Returns :class:`BatchWithSkips`.
+    """
+
+    def __init__(self, collator: Callable[[Sequence[dict[str, Any]]], Batch]) -> None:
+        self.collator = collator
+
+    def __call__(self, samples: Sequence[dict[str, Any] | SkippedItem | None]) -> BatchWithSkips:
+        good = [s for s in samples if isinstance(s, dict)]
+        skipped = [
+            s.id if isinstance(s, SkippedItem) else "<unknown>" for s in samples if not isinstance(s, dict)
+        ]
+        if not good:
+            return BatchWithSkips(ids=[], texts=[], skipped=skipped)
+        return BatchWithSkips.from_batch(self.collator(good), skipped)
+
+
+class AVDataset(Dataset):
+    """Decode, align and transform utterances.
+
+    utterances: the corpus (``corpus.read_labels`` / ``corpus.utterance_from_file``).
+    modalities: subset of ``("audio", "video")`` to load.
+    transforms: a pipeline per modality (``transforms.build_transforms``); by default the eval pipelines
+        without noise.  Video pipelines take uint8 (T, H, W) frames, audio pipelines (T,) float32.
+    on_error: ``skip`` (log, return :class:`SkippedItem`) or ``raise``.
+    seed: seeds the augmentation generator in the main process; in a DataLoader worker the generator is
+        seeded from the worker's seed (set by the DataLoader's generator) mixed with ``seed``.
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        modalities: Sequence[str],
+        transforms: Mapping[str, Transform] | None = None,
+        on_error: str = "skip",
+        seed: int = 0,
+    ) -> None:
+        bad = set(modalities) - set(MODALITIES)
+        if bad or not modalities:
+            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {list(modalities)}")
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.utterances = list(utterances)
+        self.modalities = [m for m in MODALITIES if m in modalities]
+        if transforms is None:
+            transforms = build_transforms("test", self.modalities, DataConfig())
+        missing = set(self.modalities) - set(transforms)
+        if missing:
+            raise ValueError(f"no transform for modality {sorted(missing)}")
+        self.transforms = dict(transforms)
+        self.on_error = on_error
+        self.seed = seed
+        self._gen: torch.Generator | None = None
+        self._gen_owner: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Length of each item in video frames (for the batch sampler)."""
+        return [u.n_frames for u in self.utterances]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_gen"] = state["_gen_owner"] = None  # each worker seeds its own
+        return state
+
+    def generator(self) -> torch.Generator:
+        """This process's augmentation generator (one per DataLoader worker)."""
+        info = get_worker_info()
+        owner = -1 if info is None else info.id
+        if self._gen is None or self._gen_owner != owner:
+            base = 0 if info is None else info.seed % 2**63
+            seed = int(
+                np.random.SeedSequence([self.seed, base, owner + 1]).generate_state(1, np.uint64)[0] >> 1
+            )
+            self._gen, self._gen_owner = torch.Generator().manual_seed(seed), owner
+        return self._gen
+
+    # -- decoding -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def read_video(utt: Utterance) -> torch.Tensor:
+        """uint8 gray frames at 25 fps, (T_v, H, W)."""
+        if utt.video is None:
+            raise media.MediaError(f"utterance {utt.id!r} has no video file")
+        frames, fps = media.read_video(utt.video, gray=True)
+        return torch.from_numpy(media.resample_frames(frames, fps))
+
+    @staticmethod
+    def read_audio(utt: Utterance) -> torch.Tensor:
+        """16 kHz mono float32, (T_a,): from the audio file, or the video's audio track without one."""
+        src = utt.audio_source()
+        try:
+            return torch.from_numpy(media.read_audio(src))
+        except media.MediaError as e:
+            if src == utt.video and utt.audio is not None:
+                raise media.MediaError(f"{utt.audio} does not exist and {e}") from e
+            raise
+
+    def load(self, index: int) -> dict[str, Any]:
+        """Decode, align and transform item ``index``; raises ``MediaError`` naming the file."""
+        utt = self.utterances[index]
+        raw: dict[str, torch.Tensor] = {}
+        if "video" in self.modalities:
+            raw["video"] = self.read_video(utt)
+        if "audio" in self.modalities:
+            raw["audio"] = self.read_audio(utt)
+            if "video" in raw:
+                raw["audio"] = cut_or_pad(raw["audio"], raw["video"].shape[0] * SAMPLES_PER_FRAME)
+        sample: dict[str, Any] = {"id": utt.id, "text": utt.text}
+        g = self.generator()
+        for m, x in raw.items():
+            try:
+                sample[m] = self.transforms[m](x, g).float()
+            except ValueError as e:  # e.g. frames too small to crop: a property of the file
+                path = utt.video if m == "video" else utt.audio_source()
+                raise media.MediaError(f"{path}: {m} transform failed ({e})") from e
+        return sample
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
+        try:
+            return self.load(index)
+        except (media.MediaError, OSError) as e:
+            if self.on_error == "raise":
+                raise
+            utt = self.utterances[index]
+            log.warning("skipping utterance %s: %s", utt.id, e)
+            return SkippedItem(utt.id, str(e))
+
+
+def cut_or_pad(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Trim or right-pad with zeros along dim 0 to ``length``. (T, …) → (length, …)"""
+    if x.shape[0] >= length:
+        return x[:length]
+    return torch.cat([x, x.new_zeros((length - x.shape[0], *x.shape[1:]))])
+
+
+def load_split(cfg: DataConfig, split: str) -> list[Utterance]:
+    """The utterances of ``split`` from its label CSV (malformed lines skipped, or raised with
+    ``on_error="raise"``)."""
+    if cfg.root is None:
+        raise ValueError("data.root is not set")
+    utterances, _ = read_labels(cfg.csv_path(split), cfg.root, strict=cfg.on_error == "raise")
+    if not utterances:
+        raise ValueError(f"{cfg.csv_path(split)}: no usable utterances")
+    return utterances
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def build_dataloader(
+    utterances: Sequence[Utterance],
+    cfg: DataConfig,
+    collator: Callable[[Sequence[dict[str, Any]]], Batch],
+    split: str,
+    *,
+    modalities: Sequence[str] | None = None,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    audio_variant: str = "default",
+    transforms: Mapping[str, Transform] | None = None,
+) -> DataLoader:
+    """A DataLoader of :class:`BatchWithSkips` for ``split`` (``train`` shuffles and augments).
+
+    modalities: defaults to ``collator.modalities``.
+    epoch: the sampler's starting epoch (Lightning then calls ``set_epoch`` on ``loader.batch_sampler``).
+    rank, world_size: distributed training; the sampler gives each rank disjoint batches and the same
+        number of steps (see ``sampler.FrameBudgetBatchSampler``; with Lightning set
+        ``use_distributed_sampler=False``).  Padding repeats a few batches at val/test under DDP.
+    audio_variant: ``default`` or ``raw`` (AV-HuBERT audio, no waveform layer norm).
+    transforms: override the pipelines built from ``cfg``.
+
+    Workers are persistent; augmentation is seeded per worker from (``cfg.seed``, epoch, rank), so a
+    run is reproducible for a given ``num_workers``.
+    """
+    if modalities is None:
+        modalities = getattr(collator, "modalities", None)
+        if modalities is None:
+            raise ValueError("pass `modalities` (the collator has no `modalities` attribute)")
+    mods = list(modalities)
+    if transforms is None:
+        transforms = build_transforms(split, mods, cfg, audio_variant)
+    dataset = AVDataset(utterances, mods, transforms, on_error=cfg.on_error, seed=_seed(cfg.seed, rank))
+    sampler = FrameBudgetBatchSampler(
+        dataset.lengths,
+        cfg.max_frames,
+        num_buckets=cfg.num_buckets,
+        max_batch_size=cfg.max_batch_size,
+        shuffle=split == "train",
+        seed=cfg.seed,
+        num_replicas=world_size,
+        rank=rank,
+    )
+    sampler.set_epoch(epoch)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=SkipBadItems(collator),
+        num_workers=cfg.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.num_workers > 0,
+        generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch, rank)),
+    )

@@ -1,0 +1,200 @@
+"""Frame-budget batching over length buckets (the reference's bucketed ``max_frames`` batches).
+
+Per epoch, with a generator seeded by (seed, epoch):
+
+1. items are assigned to ``num_buckets`` equal-width length buckets between the shortest and the longest
+   item and ordered by bucket — in random order inside a bucket when shuffling, else longest first;
+2. batches are filled greedily in that order while the sum of the items' lengths stays within
+   ``max_frames`` (and the count within ``max_batch_size``); an item longer than ``max_frames`` forms a
+   batch of its own;
+3. the batch order is shuffled (when shuffling);
+4. distributed: every rank builds the same list and takes batches ``rank, rank + R, …``.  When the number
+   of batches is not a multiple of R the list is padded by repeating batches from its start, so every
+   rank runs the same number of steps and every item is seen at least once (a few of them twice);
+   ``drop_uneven=True`` drops the last ``n mod R`` batches instead (every item at most once).
+
+Resuming: ``state_dict()`` records the epoch and how many of this rank's batches were consumed;
+after ``load_state_dict`` the next iteration yields exactly the remaining batches of that epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+log = logging.getLogger(__name__)
+
+
+def bucket_ids(lengths: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """Equal-width length buckets between min and max length. (N,) int → (N,) int64 in [0, num_buckets]."""
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if num_buckets <= 1 or lo == hi:
+        return torch.zeros_like(lengths)
+    return torch.bucketize(lengths.double(), torch.linspace(lo, hi, num_buckets, dtype=torch.float64))
+
+
+def frame_budget_batches(
+    lengths: Sequence[int] | np.ndarray,
+    max_frames: int,
+    num_buckets: int = 400,
+    max_batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """All batches of one epoch (steps 1–3 above); ``generator=None`` means no shuffling."""
+    n = len(lengths)
+    if n == 0:
+        return []
+    lens = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+    buckets = bucket_ids(lens, num_buckets)
+    if generator is not None:
+        perm = torch.randperm(n, generator=generator)
+        # stable sort of a random permutation by bucket = random order inside each bucket
+        order = perm[torch.sort(buckets[perm], stable=True).indices]
+    else:
+        # bucket ascending, then longest first, then index: fully deterministic
+        order = torch.from_numpy(np.lexsort((np.arange(n), -lens.numpy(), buckets.numpy())))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    frames = 0
+    cap = max_batch_size or n
+    for i, length in zip(order.tolist(), lens[order].tolist(), strict=True):
+        if cur and (frames + length > max_frames or len(cur) >= cap):
+            batches.append(cur)
+            cur, frames = [], 0
+        cur.append(i)
+        frames += length
+    if cur:
+        batches.append(cur)
+    if generator is not None:
+        batches = [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+class FrameBudgetBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices under a frame budget, per rank, reproducible per (seed, epoch).
+
+    lengths: length of each item in frames (``Utterance.n_frames``).
+    max_frames: budget per batch (sum of item lengths).
+    num_buckets, max_batch_size: see the module docstring.
+    shuffle: random order inside buckets and random batch order (train); off = deterministic order.
+    seed: with the epoch (``set_epoch``), seeds the shuffling; must be the same on every rank.
+    num_replicas, rank: distributed training (world size, this process).
+    drop_uneven: drop the last ``n_batches mod num_replicas`` batches instead of padding.
+
+    Use as ``DataLoader(dataset, batch_sampler=...)``; with Lightning, set
+    ``Trainer(use_distributed_sampler=False)`` since this sampler already splits by rank (Lightning
+    calls ``set_epoch`` on it each epoch).
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_frames: int,
+        *,
+        num_buckets: int = 400,
+        max_batch_size: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_uneven: bool = False,
+    ) -> None:
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if len(self.lengths) and self.lengths.min() < 0:
+            raise ValueError("item lengths must be >= 0")
+        self.max_frames = max_frames
+        self.num_buckets = num_buckets
+        self.max_batch_size = max_batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.drop_uneven = drop_uneven
+        self.epoch = 0
+        self._skip = 0  # batches of the current epoch consumed before a resume (load_state_dict)
+        self._yielded = 0  # position in the current epoch, counting the skipped batches
+        self._cache: tuple[int, list[list[int]]] | None = None
+        n_long = int((self.lengths > max_frames).sum())
+        if n_long:
+            log.warning(
+                "%d item(s) are longer than max_frames=%d; each forms a batch alone", n_long, max_frames
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (reshuffles). A different epoch than a resumed one discards the resume point."""
+        if epoch != self.epoch:
+            self._skip = 0
+            self._yielded = 0
+        self.epoch = epoch
+
+    def _generator(self) -> torch.Generator | None:
+        if not self.shuffle:
+            return None
+        # a distinct, well-mixed stream per (seed, epoch), identical on every rank
+        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0] >> 1)
+        return torch.Generator().manual_seed(seed)
+
+    def rank_batches(self) -> list[list[int]]:
+        """All of this rank's batches for the current epoch (ignoring any resume point)."""
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
+        batches = frame_budget_batches(
+            self.lengths, self.max_frames, self.num_buckets, self.max_batch_size, self._generator()
+        )
+        r = self.num_replicas
+        if r > 1 and len(batches) % r:
+            if self.drop_uneven:
+                batches = batches[: len(batches) - len(batches) % r]
+            else:
+                pad = r - len(batches) % r
+                batches = batches + [batches[i % len(batches)] for i in range(pad)]
+        mine = batches[self.rank :: r]
+        self._cache = (self.epoch, mine)
+        return mine
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.rank_batches()
+        self._yielded = self._skip
+        for b in batches[self._skip :]:
+            self._yielded += 1
+            yield b
+        self._skip = 0  # the resumed epoch is complete: a next pass over it is a full one
+
+    def __len__(self) -> int:
+        """Batches the next iteration yields (the remainder of the epoch after a resume)."""
+        return max(0, len(self.rank_batches()) - self._skip)
+
+    def state_dict(self, consumed: int | None = None) -> dict[str, int]:
+        """Resume point: epoch and batches consumed in it by this rank.
+
+        consumed: batches the training loop actually used; by default the number this sampler has
+        handed out, which runs ahead of training when a DataLoader prefetches — pass the step count
+        of the epoch for an exact resume.
+        """
+        return {
+            "epoch": self.epoch,
+            "consumed": self._yielded if consumed is None else consumed,
+            "seed": self.seed,
+            "num_replicas": self.num_replicas,
+            "num_items": len(self.lengths),
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore a resume point; the next ``__iter__`` yields the rest of that epoch."""
+        for key, mine in (
+            ("seed", self.seed),
+            ("num_replicas", self.num_replicas),
+            ("num_items", len(self.lengths)),
+        ):
+            if key in state and state[key] != mine:
+                raise ValueError(f"cannot resume sampler: saved {key}={state[key]}, now {mine}")
+        self.epoch = int(state["epoch"])
+        self._skip = self._yielded = int(state["consumed"])
