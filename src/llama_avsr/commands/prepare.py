@@ -1,0 +1,95 @@
+"""``llama-avsr prepare``: raw videos → mouth ROI + 16 kHz audio + label CSV (the corpus layout)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+HELP = "raw videos → 96×96 mouth-ROI videos at 25 fps, 16 kHz wavs and a label CSV"
+DESCRIPTION = (
+    "Detect the face in every frame, align it to a mean face and crop the mouth (the auto_avsr recipe), "
+    "and write <out>/<dataset>/<rel>.mp4 (96×96 gray, 25 fps), <rel>.wav (16 kHz mono) and "
+    "<out>/labels/<dataset>.csv (dataset,rel_path,frames,0,text; text from <stem>.txt beside the video, "
+    "empty when there is none). Finished outputs are skipped on a re-run; bad inputs are skipped and "
+    "reported (<out>/labels/<dataset>.prepare.json) unless --fail-fast."
+)
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from llama_avsr.prepare.pipeline import RoiConfig
+
+    defaults = RoiConfig()
+    p.add_argument(
+        "inputs", nargs="*", type=Path, help="video files and/or directories (searched recursively)"
+    )
+    p.add_argument("--list", type=Path, help="a text file with one video path per line (added to INPUTS)")
+    p.add_argument("--root", type=Path, help="output paths of file inputs are kept relative to this folder")
+    p.add_argument("-o", "--out", type=Path, required=True, help="corpus root to write")
+    p.add_argument("--dataset", default="custom", help="dataset name: first CSV field and folder under --out")
+    p.add_argument("--detector", default=defaults.detector, help="face detector backend (mediapipe, dlib)")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--fps", type=float, default=defaults.fps, help="output frame rate")
+    p.add_argument(
+        "--max-missing",
+        type=float,
+        default=defaults.max_missing,
+        help="skip a video when more than this fraction of its frames has no detected face",
+    )
+    p.add_argument("--window", type=int, default=defaults.window, help="landmark smoothing window (frames)")
+    p.add_argument(
+        "--mean-face", type=Path, help="a (68, 2) .npy mean face, e.g. auto_avsr's 20words_mean_face.npy"
+    )
+    p.add_argument(
+        "--allow-no-audio", action="store_true", help="write the ROI video alone for inputs without audio"
+    )
+    p.add_argument(
+        "--fail-fast", action="store_true", help="stop at the first bad input instead of skipping it"
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
+    p.add_argument("--csv", type=Path, help="label CSV path (default <out>/labels/<dataset>.csv)")
+    p.add_argument(
+        "--report", type=Path, help="JSON report path (default <out>/labels/<dataset>.prepare.json)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from llama_avsr.prepare.detectors import DetectorUnavailable
+    from llama_avsr.prepare.pipeline import PrepareError, PrepareOptions, RoiConfig, prepare_corpus
+
+    inputs: list[Path] = list(args.inputs)
+    if args.list:
+        lines = args.list.read_text(encoding="utf-8").splitlines()
+        inputs += [Path(s.strip()) for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    if not inputs:
+        log.error("no inputs: give video files or directories, or --list")
+        return 2
+    try:
+        options = PrepareOptions(
+            out=args.out,
+            dataset=args.dataset,
+            roi=RoiConfig(
+                detector=args.detector,
+                fps=args.fps,
+                max_missing=args.max_missing,
+                window=args.window,
+                mean_face=str(args.mean_face) if args.mean_face else None,
+            ),
+            jobs=args.jobs,
+            allow_no_audio=args.allow_no_audio,
+            fail_fast=args.fail_fast,
+            overwrite=args.overwrite,
+            csv=args.csv,
+            report=args.report,
+        )
+        report = prepare_corpus(inputs, options, root=args.root, progress=not args.no_progress)
+    except PrepareError as e:
+        log.error("stopped (--fail-fast): %s", e)
+        return 1
+    except (ValueError, KeyError, DetectorUnavailable) as e:
+        log.error("%s", e)
+        return 2
+    return 0 if report.counts()["done"] + report.counts()["exists"] > 0 or not report.items else 1
