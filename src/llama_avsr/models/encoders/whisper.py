@@ -92,11 +92,14 @@ class WhisperEncoder(Encoder):
             feats = self._encode(self.log_mel(wav, n), attention_mask=None)
             keep = max(int(int(n.max()) / SAMPLE_RATE * 50), MIN_REFERENCE_FRAMES)
             return feats[:, :keep], out_len.clamp(max=keep)
-        n_mel = int(out_len.max()) * 2
-        wav = F.pad(wav, (0, max(0, n_mel * HOP - wav.shape[1])))[:, : n_mel * HOP]
-        mel = self.log_mel(wav, n)
-        t = torch.arange(int(out_len.max()), device=wav.device)
-        valid = t[None] < out_len[:, None]  # (B, T)
+        # each sample is cut to its own frames (as if it were alone) so that batching never changes
+        # its features: STFT edges, conv padding and attention all see only the sample itself
+        t_max = int(out_len.max())
+        mel = wav.new_zeros((wav.shape[0], self.log_mel.filters.shape[0], 2 * t_max))
+        for i, frames in enumerate(out_len.tolist()):
+            w = F.pad(wav[i : i + 1, : 2 * frames * HOP], (0, max(0, 2 * frames * HOP - int(n[i]))))
+            mel[i, :, : 2 * frames] = self.log_mel(w, n[i : i + 1])[0]
+        valid = torch.arange(t_max, device=wav.device)[None] < out_len[:, None]  # (B, T)
         return self._encode(mel, attention_mask=valid), out_len
 
     def _encode(self, mel: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -107,6 +110,8 @@ class WhisperEncoder(Encoder):
         enc = self.encoder
         dtype = enc.conv1.weight.dtype
         x = F.gelu(enc.conv1(mel.to(dtype)))
+        if attention_mask is not None:  # zero past each length, like conv zero-padding of a lone sample
+            x = x * attention_mask.repeat_interleave(2, dim=1)[:, None, : x.shape[2]].to(dtype)
         x = F.gelu(enc.conv2(x)).transpose(1, 2)
         x = x + enc.embed_positions.weight[: x.shape[1]]
         mask = None
