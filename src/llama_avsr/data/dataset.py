@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
@@ -28,7 +27,7 @@ from llama_avsr.config import MODALITIES
 from llama_avsr.data.batch import Batch
 from llama_avsr.data.config import DataConfig
 from llama_avsr.data.corpus import SAMPLES_PER_FRAME, Utterance, read_labels
-from llama_avsr.data.sampler import FrameBudgetBatchSampler
+from llama_avsr.data.sampler import FrameBudgetBatchSampler, mix_seed
 from llama_avsr.data.transforms import build_transforms
 
 log = logging.getLogger(__name__)
@@ -139,10 +138,7 @@ class AVDataset(Dataset):
         info = get_worker_info()
         owner = -1 if info is None else info.id
         if self._gen is None or self._gen_owner != owner:
-            base = 0 if info is None else info.seed % 2**63
-            seed = int(
-                np.random.SeedSequence([self.seed, base, owner + 1]).generate_state(1, np.uint64)[0] >> 1
-            )
+            seed = mix_seed(self.seed, 0 if info is None else info.seed, owner + 1)
             self._gen, self._gen_owner = torch.Generator().manual_seed(seed), owner
         return self._gen
 
@@ -216,10 +212,6 @@ def load_split(cfg: DataConfig, split: str) -> list[Utterance]:
     return utterances
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
-
-
 def build_dataloader(
     utterances: Sequence[Utterance],
     cfg: DataConfig,
@@ -253,7 +245,7 @@ def build_dataloader(
     mods = list(modalities)
     if transforms is None:
         transforms = build_transforms(split, mods, cfg, audio_variant)
-    dataset = AVDataset(utterances, mods, transforms, on_error=cfg.on_error, seed=_seed(cfg.seed, rank))
+    dataset = AVDataset(utterances, mods, transforms, on_error=cfg.on_error, seed=mix_seed(cfg.seed, rank))
     sampler = FrameBudgetBatchSampler(
         dataset.lengths,
         cfg.max_frames,
@@ -272,5 +264,5 @@ def build_dataloader(
         num_workers=cfg.num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.num_workers > 0,
-        generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch, rank)),
+        generator=torch.Generator().manual_seed(mix_seed(cfg.seed, epoch, rank)),
     )

@@ -29,6 +29,12 @@ from torch.utils.data import Sampler
 log = logging.getLogger(__name__)
 
 
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (e.g. seed, epoch, rank): nearby inputs, unrelated streams."""
+    state = np.random.SeedSequence([p % 2**64 for p in parts]).generate_state(1, np.uint64)[0]
+    return int(state) >> 1
+
+
 def bucket_ids(lengths: torch.Tensor, num_buckets: int) -> torch.Tensor:
     """Equal-width length buckets between min and max length. (N,) int → (N,) int64 in [0, num_buckets]."""
     lo, hi = int(lengths.min()), int(lengths.max())
@@ -139,8 +145,7 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
         if not self.shuffle:
             return None
         # a distinct, well-mixed stream per (seed, epoch), identical on every rank
-        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0] >> 1)
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
 
     def rank_batches(self) -> list[list[int]]:
         """All of this rank's batches for the current epoch (ignoring any resume point)."""
