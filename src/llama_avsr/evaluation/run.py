@@ -1,0 +1,207 @@
+"""Evaluate a model on a labelled split: transcripts, WER/CER, SNR sweeps, table, JSON, plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from llama_avsr.data.collate import Collator
+from llama_avsr.data.config import DataConfig
+from llama_avsr.data.dataset import build_dataloader, load_split
+from llama_avsr.decoding.options import DecodingOptions
+from llama_avsr.evaluation.metrics import ErrorCounts, char_errors, word_errors
+from llama_avsr.models.avsr import AVSRModel
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+VIDEO_FPS = 25
+
+
+def snr_label(snr: float | None) -> str:
+    return "clean" if snr is None else f"{snr:g}"
+
+
+def parse_snrs(text: str) -> list[float | None]:
+    """``"clean,10,5,0,-5"`` → ``[None, 10.0, 5.0, 0.0, -5.0]``."""
+    out: list[float | None] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part:
+            out.append(None if part in ("clean", "none", "inf") else float(part))
+    return out
+
+
+def decode_split(
+    model: AVSRModel,
+    data: DataConfig,
+    split: str = "test",
+    options: DecodingOptions | None = None,
+    device: torch.device | str | None = None,
+    desc: str = "decoding",
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Transcribe a split in length-sorted batches. Returns per-utterance records and speed figures."""
+    from llama_avsr.training.module import audio_variant
+
+    options = options or DecodingOptions()
+    device = device or model.device
+    mods = model.cfg.modalities
+    loader = build_dataloader(
+        load_split(data, split),
+        dataclasses.replace(data, max_batch_size=options.batch_size),
+        Collator(model.tokenizer, mods, with_targets=False),
+        split,
+        modalities=mods,
+        audio_variant=audio_variant(model),
+    )
+    model.eval()
+    records: list[dict[str, Any]] = []
+    media_seconds = 0.0
+    start = time.time()
+    skipped: list[str] = []
+    with tqdm(total=len(loader.dataset), desc=desc, unit="utt") as bar:
+        for batch in loader:
+            skipped += [str(s) for s in getattr(batch, "skipped", []) or []]
+            if len(batch) == 0:
+                continue
+            hyps = model.generate(batch.to(device), options)
+            if "audio" in batch.lengths:
+                secs = (batch.lengths["audio"].float() / SAMPLE_RATE).tolist()
+            else:
+                secs = (batch.lengths["video"].float() / VIDEO_FPS).tolist()
+            media_seconds += sum(secs)
+            for uid, ref, hyp in zip(batch.ids, batch.texts, hyps, strict=True):
+                w, c = word_errors(ref, hyp), char_errors(ref, hyp)
+                records.append(
+                    {
+                        "id": uid,
+                        "ref": ref,
+                        "hyp": hyp,
+                        "wer": w.rate,
+                        "word_errors": w.errors,
+                        "ref_words": w.reference_length,
+                        "cer": c.rate,
+                    }
+                )
+            bar.update(len(batch) + len(getattr(batch, "skipped", []) or []))
+    elapsed = time.time() - start
+    speed = {
+        "utterances": len(records),
+        "skipped": len(skipped),
+        "decode_seconds": round(elapsed, 2),
+        "utterances_per_second": round(len(records) / elapsed, 3) if elapsed else math.inf,
+        "real_time_factor": round(elapsed / media_seconds, 4) if media_seconds else math.nan,
+    }
+    if skipped:
+        log.warning("skipped %d unreadable item(s): %s", len(skipped), skipped[:5])
+    return records, speed
+
+
+def score(records: list[dict[str, Any]]) -> dict[str, Any]:
+    words, chars = ErrorCounts(), ErrorCounts()
+    for r in records:
+        words = words + word_errors(r["ref"], r["hyp"])
+        chars = chars + char_errors(r["ref"], r["hyp"])
+    return {**words.as_dict("wer"), **chars.as_dict("cer")}
+
+
+def evaluate(
+    model: AVSRModel,
+    data: DataConfig,
+    out_dir: str | Path,
+    snrs: list[float | None] | None = None,
+    split: str = "test",
+    options: DecodingOptions | None = None,
+    label: str = "model",
+) -> dict[str, Any]:
+    """Decode ``split`` at each SNR (babble noise on the audio; video untouched), write
+    ``<out>/<label>_<snr>.jsonl`` per utterance, ``<out>/results.json``, ``<out>/wer_vs_snr.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    snrs = snrs if snrs is not None else [data.decode_snr_target]
+    if "audio" not in model.cfg.modalities and any(s is not None for s in snrs):
+        log.info("%s reads no audio: noise does not change its input; decoding once", label)
+        snrs = [None]
+    results: dict[str, Any] = {}
+    for snr in snrs:
+        d = dataclasses.replace(data, decode_snr_target=snr)
+        records, speed = decode_split(model, d, split, options, desc=f"{label} @ {snr_label(snr)}")
+        with (out / f"{label}_{snr_label(snr)}.jsonl").open("w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        results[snr_label(snr)] = {**score(records), **speed}
+    summary = {"label": label, "split": split, "modalities": model.cfg.modalities, "by_snr": results}
+    all_file = out / "results.json"
+    merged = json.loads(all_file.read_text()) if all_file.is_file() else {}
+    merged[label] = summary
+    all_file.write_text(json.dumps(merged, indent=2))
+    plot_wer_vs_snr({k: v["by_snr"] for k, v in merged.items()}, out / "wer_vs_snr.png")
+    log.warning("\n%s", results_table({label: results}))
+    return summary
+
+
+def results_table(by_label: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """A plain-text table: one row per (model, SNR) with WER, CER, S/I/D and speed."""
+    head = f"{'model':<14} {'SNR dB':>7} {'WER %':>7} {'CER %':>7} {'sub':>5} {'ins':>5} {'del':>5} {'words':>6} {'utt/s':>7}"
+    lines = [head, "-" * len(head)]
+    for label, by_snr in by_label.items():
+        for snr, r in by_snr.items():
+            lines.append(
+                f"{label:<14} {snr:>7} {100 * r['wer']:>7.2f} {100 * r['cer']:>7.2f} {r['wer_sub']:>5} "
+                f"{r['wer_ins']:>5} {r['wer_del']:>5} {r['wer_ref']:>6} {r['utterances_per_second']:>7.2f}"
+            )
+    return "\n".join(lines)
+
+
+def plot_wer_vs_snr(by_label: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> None:
+    """WER against SNR, one line per model; clean is drawn at the right end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    numeric = sorted({float(s) for r in by_label.values() for s in r if s != "clean"})
+    clean_x = (max(numeric) + 5) if numeric else 0.0
+    for label, by_snr in by_label.items():
+        pts = sorted((clean_x if s == "clean" else float(s), 100 * r["wer"]) for s, r in by_snr.items())
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ticks = numeric + [clean_x]
+    ax.set_xticks(ticks, [f"{t:g}" for t in numeric] + ["clean"])
+    ax.set_xlabel("SNR of babble noise (dB)")
+    ax.set_ylabel("WER (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_model_dir(
+    model_dir: str | Path,
+    data: DataConfig | None = None,
+    out_dir: str | Path | None = None,
+    snrs: list[float | None] | None = None,
+    split: str = "test",
+    options: DecodingOptions | None = None,
+    label: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    from llama_avsr.model_dir import load_model_dir, update_results
+
+    model, exp = load_model_dir(model_dir, device=device)
+    data = data or exp.data
+    label = label or "+".join(model.cfg.modalities)
+    summary = evaluate(
+        model, data, out_dir or Path(model_dir) / "eval", snrs, split, options or exp.decode, label
+    )
+    update_results(model_dir, {"evaluation": summary})
+    return summary

@@ -1,0 +1,88 @@
+"""Training settings and the experiment config that composes model, data, training and decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llama_avsr.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from llama_avsr.data.config import DataConfig
+from llama_avsr.decoding.options import DecodingOptions
+
+LOGGERS = ("tensorboard", "csv", "wandb")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run settings [paper: AdamW β (0.9, 0.98), lr 1e-3 (ASR/AVSR) or 5e-4 (VSR),
+    weight decay 0.1, warm-up + cosine per step, 10 epochs, bf16, average of the last epochs].
+
+    out_dir: run directory (checkpoints/, logs/, model/, results).
+    max_steps: stop after this many optimiser steps (-1: run ``epochs``); the schedule spans it.
+    max_minutes: wall-clock budget; training stops cleanly when it is spent (the schedule still
+        spans ``max_steps``/``epochs``, so set those to what fits).
+    warmup_steps: linear warm-up; then cosine from ``lr`` down to ``lr · min_lr_ratio``.
+    precision: Lightning precision: ``bf16-mixed`` (paper), ``bf16-true``, ``32-true``, ``16-mixed``.
+    strategy / devices / num_nodes / accelerator: Lightning's (``ddp``, ``fsdp``, ``deepspeed_stage_2`` …).
+    average_last: average the trainable weights of the last N checkpoints into the final model.
+    checkpoint_every_steps: also checkpoint every N steps (0: only at epoch ends).
+    val_every_steps: validate every N steps (0: at epoch ends; validation needs ``data.val_csv``).
+    loggers: any of tensorboard, csv, wandb (``WANDB_MODE=offline`` works without a network).
+    """
+
+    out_dir: str = "runs/exp"
+    epochs: int = 10
+    max_steps: int = -1
+    max_minutes: float | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.0
+    precision: str = "bf16-mixed"
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    average_last: int = 1
+    checkpoint_every_steps: int = 0
+    val_every_steps: int = 0
+    log_every_steps: int = 10
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
+    seed: int = 42
+    eval_at_end: bool = True
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        bad = set(self.loggers) - set(LOGGERS)
+        if bad:
+            raise ValueError(f"train.loggers: unknown {sorted(bad)}; choose from {LOGGERS}")
+        if self.average_last < 1:
+            raise ValueError("train.average_last must be >= 1")
+        if len(self.betas) != 2:
+            raise ValueError("train.betas needs two values")
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodingOptions = field(default_factory=DecodingOptions)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+        """Read a YAML experiment config and apply ``key.path=value`` overrides."""
+        return cls.from_dict(apply_overrides(load_yaml(path), overrides or []))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        if "model" not in data:
+            raise ValueError("an experiment config needs a `model:` section")
+        return from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)

@@ -1,0 +1,141 @@
+"""Lightning wiring: the LightningModule (optimiser, schedule, trainable-only checkpoints, sampler
+resume) and the DataModule (frame-budget batches per rank)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from llama_avsr.data.collate import Collator
+from llama_avsr.data.dataset import build_dataloader, load_split
+from llama_avsr.models.avsr import AVSRModel
+from llama_avsr.training.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine to ``min_ratio`` at ``total`` steps."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def audio_variant(model: AVSRModel) -> str:
+    """``raw`` when an encoder reading audio computes its own normalised features (AV-HuBERT)."""
+    for s in model.cfg.streams.values():
+        if "audio" in s.inputs and getattr(model.encoders[s.encoder], "raw_audio", False):
+            return "raw"
+    return "default"
+
+
+class AVSRLightning(L.LightningModule):
+    def __init__(self, exp: ExperimentConfig, model: AVSRModel | None = None) -> None:
+        super().__init__()
+        self.exp = exp
+        self.model = model if model is not None else AVSRModel(exp.model)
+        # checkpoints hold only the trainable weights; the frozen ones come from their sources
+        self.strict_loading = False
+        self.sampler_state: dict[str, int] | None = None
+        self._epoch_consumed = 0
+
+    # -- steps ---------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        out = self.model(batch)
+        self._epoch_consumed += 1
+        bs = len(batch)
+        self.log("train/loss", out.lm_loss, prog_bar=True, batch_size=bs)
+        if self.exp.model.sink_loss_factor > 0:
+            self.log("train/sink_loss", out.sink_loss, batch_size=bs)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=bs)
+        skipped = getattr(batch, "skipped", None)
+        if skipped:
+            log.warning("skipped %d unreadable item(s) in this batch: %s", len(skipped), skipped)
+        return out.loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        out = self.model(batch)
+        self.log("val/loss", out.lm_loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        t = self.exp.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]  # biases and norms: no weight decay
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.lr,
+            betas=tuple(t.betas),
+        )
+        total = t.max_steps if t.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, t.warmup_steps, total, t.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints: trainable weights + sampler position ------------------------------------
+    def on_train_epoch_start(self) -> None:
+        st = self.sampler_state
+        self._epoch_consumed = st["consumed"] if st and st["epoch"] == self.current_epoch else 0
+        self.sampler_state = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["sampler"] = {"epoch": self.current_epoch, "consumed": self._epoch_consumed}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.sampler_state = checkpoint.get("sampler")
+        own = {f"model.{k}" for k in self.model.trainable_state_dict()}
+        saved = set(checkpoint["state_dict"])
+        if saved != own:
+            missing, extra = sorted(own - saved), sorted(saved - own)
+            raise ValueError(
+                "checkpoint does not match this configuration: "
+                f"missing {missing[:3]} ({len(missing)}), unexpected {extra[:3]} ({len(extra)})"
+            )
+
+
+class AVSRData(L.LightningDataModule):
+    """Train / val loaders over the label CSVs; each rank gets its own frame-budget batches."""
+
+    def __init__(self, exp: ExperimentConfig, module: AVSRLightning) -> None:
+        super().__init__()
+        self.exp = exp
+        self.module = module
+        model = module.model
+        self.modalities = model.cfg.modalities
+        self.collator = Collator(model.tokenizer, self.modalities)
+        self.variant = audio_variant(model)
+
+    def _loader(self, split: str):
+        t = self.trainer
+        loader = build_dataloader(
+            load_split(self.exp.data, split),
+            self.exp.data,
+            self.collator,
+            split,
+            modalities=self.modalities,
+            epoch=t.current_epoch if t else 0,
+            rank=t.global_rank if t else 0,
+            world_size=t.world_size if t else 1,
+            audio_variant=self.variant,
+        )
+        st = self.module.sampler_state
+        if split == "train" and st is not None:
+            loader.batch_sampler.load_state_dict(st)
+        return loader
+
+    def train_dataloader(self):
+        return self._loader("train")
+
+    def val_dataloader(self):
+        if self.exp.data.val_csv is None:
+            return []
+        return self._loader("val")
