@@ -11,6 +11,7 @@ from llama_avsr import media
 from llama_avsr.data.config import DataConfig
 from llama_avsr.data.corpus import (
     LabelError,
+    PackedUtterances,
     Utterance,
     read_labels,
     utterance_from_file,
@@ -126,3 +127,18 @@ def test_data_config_from_yaml_dict() -> None:
     )
     assert cfg.train_snrs == [0.0, None, 5.0]
     assert cfg.decode_snr_target == 5.0
+
+
+def test_packed_utterances_round_trip(tmp_path: Path) -> None:
+    utts = [
+        Utterance("a/1", tmp_path / "a/1.mp4", tmp_path / "a/1.wav", 10, "héllo wörld"),
+        Utterance("b", None, tmp_path / "b.flac", 3, ""),
+        Utterance("c", tmp_path / "c.mp4", None, 7, "x"),
+    ]
+    packed = PackedUtterances(utts)
+    assert len(packed) == 3 and list(packed) == utts
+    assert packed[-1] == utts[-1] and packed[0:2] == utts[:2]
+    assert packed.n_frames.tolist() == [10, 3, 7]
+    with pytest.raises(IndexError):
+        packed[3]
+    assert len(PackedUtterances([])) == 0

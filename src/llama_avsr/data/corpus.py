@@ -17,9 +17,11 @@ the item, so reading the labels of a large corpus stays fast.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from llama_avsr import media
 
@@ -73,6 +75,63 @@ class Problem:
 
 class LabelError(ValueError):
     """A malformed label file (raised by :func:`read_labels` with ``strict=True``)."""
+
+
+class PackedStrings:
+    """Strings in one UTF-8 byte buffer plus offsets.
+
+    A list of a million ``str``/``Path`` objects is copied page by page into every forked DataLoader
+    worker as reference counts are touched; two numpy arrays are not.
+    """
+
+    def __init__(self, strings: Iterable[str]) -> None:
+        encoded = [s.encode("utf-8") for s in strings]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self._offsets[1:])
+        self._buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return self._buf[self._offsets[i] : self._offsets[i + 1]].tobytes().decode("utf-8")
+
+
+class PackedUtterances(Sequence[Utterance]):
+    """A read-only, fork-friendly sequence of utterances (see :class:`PackedStrings`).
+
+    n_frames: (N,) int64, the lengths for batching.
+    """
+
+    def __init__(self, utterances: Iterable[Utterance]) -> None:
+        utts = list(utterances)
+        self._ids = PackedStrings(u.id for u in utts)
+        self._videos = PackedStrings("" if u.video is None else str(u.video) for u in utts)
+        self._audios = PackedStrings("" if u.audio is None else str(u.audio) for u in utts)
+        self._texts = PackedStrings(u.text for u in utts)
+        self.n_frames = np.array([u.n_frames for u in utts], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.n_frames)
+
+    def __getitem__(self, i: int) -> Utterance:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]  # type: ignore[return-value]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"utterance index {i} out of range for {len(self)} utterances")
+        video, audio = self._videos[i], self._audios[i]
+        return Utterance(
+            id=self._ids[i],
+            video=Path(video) if video else None,
+            audio=Path(audio) if audio else None,
+            n_frames=int(self.n_frames[i]),
+            text=self._texts[i],
+        )
+
+    def __iter__(self) -> Iterator[Utterance]:
+        return (self[i] for i in range(len(self)))
 
 
 def parse_label_line(line: str, root: Path) -> Utterance:

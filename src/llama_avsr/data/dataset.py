@@ -26,7 +26,7 @@ from llama_avsr import media
 from llama_avsr.config import MODALITIES
 from llama_avsr.data.batch import Batch
 from llama_avsr.data.config import DataConfig
-from llama_avsr.data.corpus import SAMPLES_PER_FRAME, Utterance, read_labels
+from llama_avsr.data.corpus import SAMPLES_PER_FRAME, PackedUtterances, Utterance, read_labels
 from llama_avsr.data.sampler import FrameBudgetBatchSampler, mix_seed
 from llama_avsr.data.transforms import build_transforms
 
@@ -107,7 +107,10 @@ class AVDataset(Dataset):
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {list(modalities)}")
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        self.utterances = list(utterances)
+        # packed: no per-item Python objects to be copied into every worker process
+        self.utterances = (
+            utterances if isinstance(utterances, PackedUtterances) else PackedUtterances(utterances)
+        )
         self.modalities = [m for m in MODALITIES if m in modalities]
         if transforms is None:
             transforms = build_transforms("test", self.modalities, DataConfig())
@@ -126,7 +129,7 @@ class AVDataset(Dataset):
     @property
     def lengths(self) -> list[int]:
         """Length of each item in video frames (for the batch sampler)."""
-        return [u.n_frames for u in self.utterances]
+        return self.utterances.n_frames.tolist()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
