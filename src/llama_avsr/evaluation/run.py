@@ -144,7 +144,7 @@ def evaluate(
     merged[label] = summary
     all_file.write_text(json.dumps(merged, indent=2))
     plot_wer_vs_snr({k: v["by_snr"] for k, v in merged.items()}, out / "wer_vs_snr.png")
-    log.warning("\n%s", results_table({label: results}))
+    log.info("\n%s", results_table({label: results}))
     return summary
 
 

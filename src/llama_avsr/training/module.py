@@ -45,20 +45,24 @@ class AVSRLightning(L.LightningModule):
         self._epoch_consumed = 0
 
     # -- steps ---------------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        out = self.model(batch)
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         self._epoch_consumed += 1
+        skipped = getattr(batch, "skipped", None)
+        if skipped:
+            log.warning("skipped %d unreadable item(s) in this batch: %s", len(skipped), skipped)
+        if len(batch) == 0:  # every item unreadable: nothing to learn from (Lightning skips the step)
+            return None
+        out = self.model(batch)
         bs = len(batch)
         self.log("train/loss", out.lm_loss, prog_bar=True, batch_size=bs)
         if self.exp.model.sink_loss_factor > 0:
             self.log("train/sink_loss", out.sink_loss, batch_size=bs)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=bs)
-        skipped = getattr(batch, "skipped", None)
-        if skipped:
-            log.warning("skipped %d unreadable item(s) in this batch: %s", len(skipped), skipped)
         return out.loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        if len(batch) == 0:
+            return
         out = self.model(batch)
         self.log("val/loss", out.lm_loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
 

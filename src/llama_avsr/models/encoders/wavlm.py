@@ -54,8 +54,6 @@ def build_wavlm(cfg: EncoderConfig) -> WavLMEncoder:
     dtype = torch_dtype(cfg.dtype)
     if cfg.source is None:
         model = WavLMModel(WavLMConfig(**json.loads(find_arch(cfg.arch).read_text()))).to(dtype)
-    else:
-        from llama_avsr.hub import resolve
-
-        model = WavLMModel.from_pretrained(str(resolve(cfg.source, "wavlm")), dtype=dtype)
+    else:  # a local directory or a hub id (no WavLM ships in a PyPI package)
+        model = WavLMModel.from_pretrained(cfg.source, dtype=dtype)
     return WavLMEncoder(model, opts)

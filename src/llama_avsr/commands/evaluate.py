@@ -1,0 +1,50 @@
+"""``llama-avsr eval``: WER/CER of a trained model on a labelled split, clean and under babble noise."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "evaluate a model directory: WER/CER (+S/I/D), per-utterance JSONL, SNR sweep table, JSON and plot"
+DESCRIPTION = (
+    HELP + ". Text is normalised before scoring (lower-case, punctuation except apostrophes removed, "
+    "spaces collapsed; see llama_avsr/evaluation/metrics.py). Results go to --out: <label>_<snr>.jsonl, "
+    "results.json and wer_vs_snr.png; they are also merged into the model directory's results.json."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory written by `llama-avsr train`")
+    p.add_argument("--root", default=None, help="corpus root (default: the one the model was trained on)")
+    p.add_argument("--csv", default=None, help="label CSV to evaluate (default: the config's test_csv)")
+    p.add_argument("--snr", default="clean", help="comma-separated SNRs in dB, e.g. clean,10,5,0,-5")
+    p.add_argument("--noise-file", default=None, help="noise wav (default: the synthetic babble track)")
+    p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's decode config)")
+    p.add_argument("--batch-size", type=int, default=None, help="utterances decoded together")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="longest transcript in tokens")
+    p.add_argument("--label", default=None, help="name of this model in tables and plots")
+    p.add_argument("--out", default=None, help="output folder (default: <model>/eval)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from llama_avsr.evaluation.run import evaluate_model_dir, parse_snrs
+    from llama_avsr.model_dir import load_experiment
+
+    exp = load_experiment(args.model)
+    data = exp.data
+    changes = {
+        k: v for k, v in {"root": args.root, "test_csv": args.csv, "noise_file": args.noise_file}.items() if v
+    }
+    data = dataclasses.replace(data, **changes)
+    dec = exp.decode
+    dchanges = {"num_beams": args.beams, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}
+    dec = dataclasses.replace(dec, **{k: v for k, v in dchanges.items() if v is not None})
+    from llama_avsr.evaluation.run import results_table
+
+    summary = evaluate_model_dir(
+        args.model, data, args.out, parse_snrs(args.snr), "test", dec, args.label, args.device
+    )
+    print(results_table({summary["label"]: summary["by_snr"]}))  # noqa: T201
+    return 0
