@@ -29,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", type=Path, help="output paths of file inputs are kept relative to this folder")
     p.add_argument("-o", "--out", type=Path, required=True, help="corpus root to write")
     p.add_argument("--dataset", default="custom", help="dataset name: first CSV field and folder under --out")
-    p.add_argument("--detector", default=defaults.detector, help="face detector backend (mediapipe, dlib)")
+    p.add_argument(
+        "--detector",
+        default=defaults.detector,
+        help="face detector backend: mediapipe-mesh, mediapipe (auto_avsr's keypoints) or dlib",
+    )
     p.add_argument("-j", "--jobs", type=int, default=1, help="parallel worker processes")
     p.add_argument("--fps", type=float, default=defaults.fps, help="output frame rate")
     p.add_argument(

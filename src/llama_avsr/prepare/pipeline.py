@@ -89,7 +89,7 @@ class RoiConfig:
     mean_face: a (68, 2) ``.npy`` mean face (auto_avsr's ``20words_mean_face.npy``); ``None`` = built-in.
     """
 
-    detector: str = "mediapipe"
+    detector: str = "mediapipe-mesh"
     fps: float = media.VIDEO_FPS
     crop_size: int = CROP_SIZE
     window: int = SMOOTHING_WINDOW
@@ -153,7 +153,7 @@ def mouth_rois(
 
 def prepare_video(
     path: str | Path,
-    detector: str | Detector = "mediapipe",
+    detector: str | Detector = "mediapipe-mesh",
     config: RoiConfig | None = None,
     *,
     allow_no_audio: bool = False,
