@@ -385,6 +385,12 @@ class PrepareReport:
         }
 
 
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one video per process already uses the cores; OpenCV's pool would oversubscribe
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -422,7 +428,11 @@ def prepare_corpus(
 ) -> PrepareReport:
     """Prepare every input video into ``options.out`` (see the module docstring); returns the report,
     also written as JSON, with the label CSV, at the end. With ``options.fail_fast`` the first bad input
-    raises its :class:`PrepareError` (outputs finished so far stay; nothing else is written)."""
+    raises its :class:`PrepareError` (outputs finished so far stay; nothing else is written).
+
+    ``options.jobs > 1`` starts worker processes with the ``spawn`` method (MediaPipe's and OpenCV's
+    threads do not survive a fork), so a script calling this needs the ``if __name__ == "__main__":``
+    guard; the ``llama-avsr prepare`` command has it."""
     t0 = time.perf_counter()
     if inputs and all(isinstance(i, Job) for i in inputs):
         jobs: list[Job] = list(inputs)  # type: ignore[arg-type]
@@ -446,7 +456,9 @@ def prepare_corpus(
         else:
             # spawn, not fork: MediaPipe/TFLite and OpenCV keep threads that a fork would copy half-way
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=options.jobs, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(
+                max_workers=options.jobs, mp_context=ctx, initializer=_init_worker
+            ) as pool:
                 futures = [pool.submit(process_item, j, options) for j in jobs]
                 try:
                     for fut in as_completed(futures):
