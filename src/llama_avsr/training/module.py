@@ -43,6 +43,8 @@ class AVSRLightning(L.LightningModule):
         self.strict_loading = False
         self.sampler_state: dict[str, int] | None = None
         self._epoch_consumed = 0
+        #: utterances trained on in this process (throughput report)
+        self.utterances_seen = 0
 
     # -- steps ---------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
@@ -54,6 +56,7 @@ class AVSRLightning(L.LightningModule):
             return None
         out = self.model(batch)
         bs = len(batch)
+        self.utterances_seen += bs
         self.log("train/loss", out.lm_loss, prog_bar=True, batch_size=bs)
         if self.exp.model.sink_loss_factor > 0:
             self.log("train/sink_loss", out.sink_loss, batch_size=bs)

@@ -138,6 +138,11 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
         ckpts = [ckpt_dir / "last.ckpt"]
     state = average_checkpoints(ckpts) if ckpts else None
     log.info("final model: average of %d checkpoint(s): %s", len(ckpts), [p.name for p in ckpts])
-    stats = {"train_steps": int(trainer.global_step), "train_seconds": round(elapsed, 1)}
+    stats = {
+        "train_steps": int(trainer.global_step),
+        "train_seconds": round(elapsed, 1),
+        "train_utterances": module.utterances_seen,
+        "train_utterances_per_second": round(module.utterances_seen / max(elapsed, 1e-9), 2),
+    }
     model_dir = save_model_dir(module.model, exp, out / "model", state=state, results={"training": stats})
     return model_dir
