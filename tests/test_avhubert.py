@@ -522,3 +522,49 @@ def test_meta_build_through_registry():
         enc = build_encoder(EncoderConfig(kind="avhubert", arch="avhubert-large", options={"lora": True}))
     assert enc.output_dim == 1024
     assert sum(p.numel() for p in enc.parameters() if p.requires_grad) == 6_291_456
+
+
+# --------------------------------------------------------------------------------------------------
+# CUDA (run with -m gpu)
+
+
+@pytest.mark.gpu
+@needs_golden
+def test_golden_on_cuda(model, golden, monkeypatch):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # TF32 convs are ~1e-3 off
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    m = copy.deepcopy(model).cuda()
+    video = torch.from_numpy(golden["input__video"]).cuda()
+    audio = torch.from_numpy(golden["input__audio"]).cuda()
+    mask = torch.from_numpy(golden["input__padding_mask"]).cuda()
+    with torch.no_grad():
+        for case, mods in CASES.items():
+            out, _ = m.extract_finetune(
+                video=video if "video" in mods else None,
+                audio=audio if "audio" in mods else None,
+                padding_mask=mask,
+            )
+            torch.testing.assert_close(
+                out.cpu(), torch.from_numpy(golden[f"{case}__output"]), atol=1e-4, rtol=1e-4
+            )
+    wav = torch.from_numpy(golden["audio_frontend__waveform_0"]).cuda()
+    feats, _ = avhubert_audio_features(wav)
+    expected = torch.from_numpy(golden["audio_frontend__stacked_layernormed_0"])
+    torch.testing.assert_close(feats[0].cpu(), expected, **TOL)
+
+
+@pytest.mark.gpu
+def test_registry_bf16_autocast_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    torch.manual_seed(0)
+    enc = build_encoder(_tiny_cfg(lora=True)).cuda()
+    video, v_len = _video(2, 12).cuda(), torch.tensor([12, 7], device="cuda")
+    wav, a_len = torch.randn(2, 8000, device="cuda") * 0.1, torch.tensor([8000, 5000], device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        feats, out_len = enc({"video": video, "audio": wav}, {"video": v_len, "audio": a_len})
+    assert feats.shape == (2, 12, 32) and out_len.tolist() == [12, 7] and torch.isfinite(feats).all()
+    feats.float().square().mean().backward()
+    assert all(p.grad is not None for p in enc.lora_parameters())

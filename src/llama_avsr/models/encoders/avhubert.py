@@ -310,17 +310,16 @@ class SelfAttention(nn.Module):
             setattr(self, f"lora_up_{name}", up)
         self.lora_scale = scale
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, D); key_padding_mask: (B, T), True = padding. Returns (B, T, D)."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, D); attn_mask: (B, 1, 1, T), True = attend (not padding). Returns (B, T, D)."""
         b, t, d = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.lora_scale:
             q = q + self.lora_scale * self.lora_up_Q(self.lora_down_Q(x))
             v = v + self.lora_scale * self.lora_up_V(self.lora_down_V(x))
         q, k, v = (z.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2) for z in (q, k, v))
-        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
@@ -345,12 +344,12 @@ class EncoderLayer(nn.Module):
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout3(self.fc2(self.dropout2(self.activation(self.fc1(x)))))
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, D) → (B, T, D)."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, D); attn_mask: (B, 1, 1, T), True = attend. Returns (B, T, D)."""
         if self.layer_norm_first:
-            x = x + self.dropout1(self.self_attn(self.self_attn_layer_norm(x), key_padding_mask))
+            x = x + self.dropout1(self.self_attn(self.self_attn_layer_norm(x), attn_mask))
             return x + self._ffn(self.final_layer_norm(x))
-        x = self.self_attn_layer_norm(x + self.dropout1(self.self_attn(x, key_padding_mask)))
+        x = self.self_attn_layer_norm(x + self.dropout1(self.self_attn(x, attn_mask)))
         return self.final_layer_norm(x + self._ffn(x))
 
 
@@ -376,8 +375,11 @@ class TransformerEncoder(nn.Module):
 
         With ``output_layer`` the output of that layer is returned without the final LayerNorm.
         """
+        attn_mask = None
         if padding_mask is not None:
             x = x.masked_fill(padding_mask[..., None], 0.0)
+            if padding_mask.any():  # an all-valid batch keeps the fastest SDPA kernels available
+                attn_mask = ~padding_mask[:, None, None, :]
         x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
@@ -386,7 +388,7 @@ class TransformerEncoder(nn.Module):
         for layer in self.layers[:last]:
             if self.training and self.layerdrop > 0 and torch.rand(()).item() < self.layerdrop:
                 continue
-            x = layer(x, padding_mask)
+            x = layer(x, attn_mask)
         if self.layer_norm_first and output_layer is None:
             x = self.layer_norm(x)
         return x
@@ -428,7 +430,12 @@ class AVHubert(nn.Module):
 
         Works under ``with torch.device("meta"):`` for weight-free parameter counting.
         """
-        arch = model_cfg if isinstance(model_cfg, AVHubertArch) else AVHubertArch.from_model_cfg(model_cfg)
+        if isinstance(model_cfg, AVHubertArch):
+            arch = model_cfg
+        else:
+            if model_cfg.get("_name", "av_hubert") != "av_hubert":
+                raise ValueError(f"not an AV-HuBERT model config: _name is {model_cfg['_name']!r}")
+            arch = AVHubertArch.from_model_cfg(model_cfg)
         model = cls(arch)
         model.reset_parameters()
         return model
