@@ -409,3 +409,29 @@ def test_whisper_tiny_matches_ctranslate2(whisper_tiny_dir: Path, speak) -> None
         hf_ids = model.generate(torch.from_numpy(feats), max_new_tokens=40)[0].tolist()
     hf_ids = [i for i in hf_ids if i not in (*prompt, model.generation_config.eos_token_id)]
     assert hf_ids == ct2_ids
+
+
+@pytest.mark.slow
+def test_smollm2_weights_equal_transformers_gguf_loader(smollm2_dir: Path) -> None:
+    """Our one-pass GGUF reader gives bit-identical tensors to transformers' own GGUF loading."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    gguf_file = sources.EMBEDDED["smollm2-135m"].locate()[0]
+    reference = AutoModelForCausalLM.from_pretrained(
+        gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+    )
+    ours = load_file(smollm2_dir / "model.safetensors")
+    theirs = reference.state_dict()
+    assert set(ours) == set(theirs) - {"lm_head.weight"}
+    for name, value in ours.items():
+        assert torch.equal(value, theirs[name]), name
+    for key in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_key_value_heads",
+        "rms_norm_eps",
+        "vocab_size",
+        "tie_word_embeddings",
+    ):
+        assert getattr(reference.config, key) == json.loads((smollm2_dir / "config.json").read_text())[key]
