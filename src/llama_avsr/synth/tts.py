@@ -140,10 +140,15 @@ class Speech:
         shift = n_before / self.sample_rate
         end = n_total / self.sample_rate
         ph = [(p, s + shift, e + shift) for p, s, e in self.phonemes]
-        if shift > 0:
-            ph.insert(0, (_PAUSE, 0.0, shift))
+        if ph and ph[0][0].startswith(_PAUSE):
+            ph[0] = (ph[0][0], 0.0, ph[0][2])
+        elif shift > 0:
+            ph.insert(0, (_PAUSE, 0.0, ph[0][1] if ph else shift))
         if ph and ph[-1][2] < end:
-            ph.append((_PAUSE, ph[-1][2], end))
+            if ph[-1][0].startswith(_PAUSE):
+                ph[-1] = (ph[-1][0], ph[-1][1], end)
+            else:
+                ph.append((_PAUSE, ph[-1][2], end))
         words = [(i, s + shift) for i, s in self.words]
         return Speech(audio, self.sample_rate, ph, words)
 
@@ -267,6 +272,8 @@ class Espeak:
                 phonemes.append((name, t))
             elif 0 < pos <= len(text) and char_word[pos - 1] < n_words and text[pos - 1] != " ":
                 words.append((int(char_word[pos - 1]), t))
+        if phonemes and phonemes[0][1] > 0:  # the silence espeak-ng puts before the first phoneme
+            phonemes.insert(0, (_PAUSE, 0.0))
         spans = []
         for k, (name, start) in enumerate(phonemes):
             end = phonemes[k + 1][1] if k + 1 < len(phonemes) else dur
