@@ -130,9 +130,9 @@ def appearance(speaker_index: int, seed: int) -> lips.Appearance:
 
 
 def _speech(item: Item, rng: np.random.Generator) -> tts.Speech:
-    """The utterance's audio: the speaker's voice with a little per-utterance variation, silence around
-    it (whole video frames long at both 25 and 30 fps is not needed: length = whole 25 fps frames), and a
-    random level."""
+    """The utterance's audio: the speaker's voice with a little per-utterance variation in speed and
+    pitch, 0.12–0.4 s of silence before and after (rounded up to whole 25 fps frames, so that the wav
+    lasts exactly frames/25 s), at a random level."""
     v = item.speaker.voice
     voice = replace(
         v,

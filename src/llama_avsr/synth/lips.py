@@ -61,7 +61,7 @@ _V = {
 
 # espeak-ng phoneme names (English) → one or two viseme classes (two = a glide within the phoneme)
 _PHONEME_VISEMES: dict[str, tuple[str, ...]] = {
-    "_": ("sil",), "_:": ("sil",), "_!": ("sil",), "_|": ("sil",), ";": ("sil",),
+    "_": ("sil",), "_:": ("sil",), "_!": ("sil",), "_|": ("sil",), ";": ("h",),
     "p": ("bmp",), "b": ("bmp",), "m": ("bmp",),
     "f": ("fv",), "v": ("fv",),
     "T": ("th",), "D": ("th",),
@@ -164,7 +164,7 @@ class Appearance:
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Appearance:
         """A random but plausible appearance."""
-        skin = rng.uniform(95, 200)
+        skin = rng.uniform(85, 190)
         lip = skin - rng.uniform(14, 50)
         return cls(
             skin=skin,
