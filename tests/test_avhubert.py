@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import enum
 import json
 import lzma
 import os
 import pickle
 import shutil
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -365,6 +367,33 @@ def test_bad_checkpoints_raise_clear_errors(checkpoint_path, tmp_path, capfd):
         assert str(path) in str(info.value), name
         assert isinstance(info.value, ValueError)
     assert "should-never-run" not in capfd.readouterr().out
+
+
+def test_type_references_load_as_names(tmp_path, monkeypatch):
+    """Structured omegaconf configs reference fairseq dataclasses and enums: kept as names / values."""
+
+    class Choice(enum.Enum):
+        C10D = "c10d"
+
+    class FairseqConfig:
+        pass
+
+    names = ("fairseq", "fairseq.dataclass", "fairseq.dataclass.configs")
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    for cls in (Choice, FairseqConfig):
+        cls.__module__, cls.__qualname__ = names[-1], cls.__name__
+        setattr(sys.modules[names[-1]], cls.__name__, cls)
+    torch.save({"cfg": {"object_type": FairseqConfig, "backend": Choice.C10D}}, tmp_path / "refs.pt")
+    torch.save({"cfg": FairseqConfig()}, tmp_path / "instance.pt")  # an object, not a reference
+    monkeypatch.undo()
+    assert "fairseq" not in sys.modules
+    raw = torch_load_restricted(tmp_path / "refs.pt")
+    assert to_plain(raw) == {
+        "cfg": {"object_type": "fairseq.dataclass.configs.FairseqConfig", "backend": "c10d"}
+    }
+    with pytest.raises(CheckpointError, match="refusing to unpickle.*FairseqConfig would be created"):
+        torch_load_restricted(tmp_path / "instance.pt")
 
 
 @needs_golden

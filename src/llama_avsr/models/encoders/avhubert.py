@@ -650,6 +650,11 @@ class TypeRef:
     Calling it returns its argument (how enum members are unpickled); it cannot create objects.
     """
 
+    def __new__(cls, *args: Any) -> TypeRef:
+        if isinstance(cls, TypeRef):  # the unpickler trying to instantiate the referenced type
+            raise pickle.UnpicklingError(f"Unsupported object: an instance of {cls.name} would be created")
+        return super().__new__(cls)
+
     def __init__(self, name: str) -> None:
         self.name = name
 
