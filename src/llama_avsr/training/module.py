@@ -29,7 +29,7 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 def audio_variant(model: AVSRModel) -> str:
     """``raw`` when an encoder reading audio computes its own normalised features (AV-HuBERT)."""
     for s in model.cfg.streams.values():
-        if "audio" in s.inputs and getattr(model.encoders[s.encoder], "raw_audio", False):
+        if "audio" in s.inputs and model.encoders[s.encoder].raw_audio:
             return "raw"
     return "default"
 

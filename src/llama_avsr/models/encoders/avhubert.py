@@ -850,6 +850,7 @@ class AVHubertEncoder(Encoder):
     """
 
     accepts = ("audio", "video")
+    raw_audio = True
     frame_rate = 25.0
 
     def __init__(self, model: AVHubert, options: AVHubertOptions) -> None:

@@ -33,6 +33,9 @@ class Encoder(nn.Module, ABC):
     output_dim: int
     #: output frames per second
     frame_rate: float
+    #: True when the encoder computes its own normalised features from the raw waveform, so the data
+    #: pipeline must not layer-normalise the waveform (AV-HuBERT's filterbanks)
+    raw_audio: bool = False
 
     @abstractmethod
     def forward(
