@@ -1,0 +1,265 @@
+"""End to end with tiny random models on a dozen synthetic utterances:
+synth → train a few steps → eval (clean + noise) → transcribe a raw video, for every modality;
+resume after a hard kill; checkpoint averaging; the real demo configuration (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llama_avsr.cli import main
+from llama_avsr.synth import tts
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny_avsr.yaml"
+
+pytestmark = pytest.mark.skipif(not tts.available(), reason="espeak-ng is not installed")
+
+#: modality name → overrides turning the tiny AVSR config into it (modalities are data)
+MODALITIES = {
+    "audio": [
+        "model.streams={audio: {encoder: whisper, inputs: [audio], compression: {kind: stack, ratio: 4}, "
+        "projector: {hidden: 32}, begin_token: '<audio>', end_token: '</audio>'}}",
+        "model.encoders={whisper: {kind: whisper, arch: tiny-whisper, options: {pad_to_30s: false}}}",
+    ],
+    "video": [
+        "model.streams={video: {encoder: avhubert, inputs: [video], compression: {kind: stack, ratio: 2}, "
+        "projector: {hidden: 32}, begin_token: '<video>', end_token: '</video>'}}",
+        "model.encoders={avhubert: {kind: avhubert, arch: tiny-avhubert, frozen: false}}",
+    ],
+    "audiovisual": [],
+    # one AV-HuBERT for both modalities, one shared projector, no delimiters (the reference's layout)
+    "audiovisual_avhubert": [
+        "model.streams={av: {encoder: avhubert, inputs: [audio, video], compression: {kind: stack, ratio: 2}, "
+        "projector: {hidden: 32}}}",
+        "model.encoders={avhubert: {kind: avhubert, arch: tiny-avhubert, options: {lora: true}}}",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(out),
+                "--train",
+                "12",
+                "--val",
+                "3",
+                "--test",
+                "3",
+                "--faces",
+                "1",
+                "--jobs",
+                "1",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def common(corpus: Path, out: Path) -> list[str]:
+    noise = next((corpus / "synth" / "train").rglob("*.wav"))
+    return [
+        f"train.out_dir={out}",
+        f"data.root={corpus}",
+        "data.train_csv=synth_train.csv",
+        "data.val_csv=synth_val.csv",
+        "data.test_csv=synth_test.csv",
+        f"data.noise_file={noise}",
+    ]
+
+
+def face_video(corpus: Path) -> Path:
+    manifest = json.loads((corpus / "synth.json").read_text())
+    rel = manifest["faces"][0]["video"]
+    return next(p for p in (corpus / manifest["dataset"] / rel, corpus / rel) if p.exists())
+
+
+@pytest.mark.parametrize("modality", list(MODALITIES))
+def test_train_eval_transcribe(modality, corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--config", str(TINY), *common(corpus, out), "train.max_steps=2", *MODALITIES[modality]]
+    assert main(args) == 0
+    model_dir = out / "model"
+    assert (model_dir / "config.json").is_file() and (model_dir / "trainable.safetensors").is_file()
+    assert list((out / "logs" / "csv").glob("metrics.csv")), "CSV log missing"
+    assert list((out / "logs" / "tensorboard").glob("events.out.tfevents*")), "TensorBoard log missing"
+
+    assert main(["eval", "--model", str(model_dir), "--snr", "clean,0", "--out", str(tmp_path / "eval")]) == 0
+    table = capsys.readouterr().out
+    assert "WER %" in table and "clean" in table
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    (summary,) = results.values()
+    expected_snrs = {"clean", "0"} if "audio" in modality else {"clean"}
+    assert set(summary["by_snr"]) == expected_snrs
+    for r in summary["by_snr"].values():
+        assert r["utterances"] == 3 and r["wer_ref"] > 0 and 0 <= r["cer"]
+        assert r["wer_sub"] + r["wer_ins"] + r["wer_del"] == round(r["wer"] * r["wer_ref"])
+    assert (tmp_path / "eval" / "wer_vs_snr.png").stat().st_size > 1000
+    lines = (tmp_path / "eval" / f"{summary['label']}_clean.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and {"id", "ref", "hyp", "wer"} <= set(json.loads(lines[0]))
+
+    assert main(["transcribe", "--model", str(model_dir), "--json", str(face_video(corpus))]) == 0
+    rec = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")][-1]
+    assert "text" in rec and rec["seconds"] > 0.5
+
+
+def test_transcribe_reports_bad_files_and_goes_on(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(TINY), *common(corpus, out), "train.max_steps=1"]) == 0
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    rc = main(["transcribe", "--model", str(out / "model"), "--json", str(bad), str(face_video(corpus))])
+    assert rc == 0
+    recs = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert "broken.mp4" in recs[0]["error"] and "text" in recs[1]
+
+
+def _last_step(ckpt_dir: Path) -> int:
+    steps = [int(p.stem.split("step=")[1]) for p in ckpt_dir.glob("*step=*.ckpt")]
+    return max(steps, default=0)
+
+
+def test_resume_after_kill_continues_step_optimizer_and_sampler(corpus, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "llama_avsr.cli",
+        "train",
+        "--config",
+        str(TINY),
+        *common(corpus, out),
+        "train.max_steps=8",
+        "train.checkpoint_every_steps=2",
+        "data.max_frames=80",
+        "train.epochs=1",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _last_step(out / "checkpoints") < 4 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _last_step(out / "checkpoints")
+    assert 4 <= killed_at < 8, f"the run was not interrupted mid-way (last checkpoint at step {killed_at})"
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["sampler"]["consumed"] >= 1 and last["global_step"] == killed_at
+    assert all(k.startswith("model.") for k in last["state_dict"])  # trainable weights only
+
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(TINY),
+                "--resume",
+                *common(corpus, out),
+                "train.max_steps=8",
+                "train.checkpoint_every_steps=2",
+                "data.max_frames=80",
+                "train.epochs=1",
+            ]
+        )
+        == 0
+    )
+    final = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == 8
+    # the LR schedule continued from the restored step instead of restarting its warm-up
+    assert final["lr_schedulers"][0]["last_epoch"] == 8
+    metrics = (out / "logs" / "csv" / "metrics.csv").read_text().splitlines()
+    assert len(metrics) > 1
+
+
+def test_resumed_sampler_yields_the_rest_of_the_epoch(corpus, tmp_path):
+    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.training.module import AVSRData, AVSRLightning
+
+    exp = ExperimentConfig.load(TINY, common(corpus, tmp_path) + ["data.max_frames=80"])
+    module = AVSRLightning(exp)
+    full = list(AVSRData(exp, module).train_dataloader().batch_sampler)
+    assert len(full) >= 3
+    module.sampler_state = {"epoch": 0, "consumed": 2}
+    resumed = list(AVSRData(exp, module).train_dataloader().batch_sampler)
+    assert resumed == full[2:]
+
+
+def test_final_model_is_the_average_of_the_last_checkpoints(corpus, tmp_path):
+    from llama_avsr.training.run import average_checkpoints, checkpoints_in_order
+
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(TINY),
+                *common(corpus, out),
+                "train.max_steps=6",
+                "train.checkpoint_every_steps=2",
+                "train.average_last=2",
+                "data.max_frames=80",
+            ]
+        )
+        == 0
+    )
+    ckpts = checkpoints_in_order(out / "checkpoints")
+    assert [int(p.stem.split("step=")[1]) for p in ckpts][-2:] == [4, 6]
+    a, b = (torch.load(p, map_location="cpu", weights_only=True)["state_dict"] for p in ckpts[-2:])
+    saved = load_file(str(out / "model" / "trainable.safetensors"))
+    assert set(saved) == {k.removeprefix("model.") for k in a}
+    for k, v in a.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(saved[k.removeprefix("model.")], (v + b[k]) / 2)
+    # averaging itself: element-wise mean, integer buffers from the last checkpoint
+    files = []
+    for i, (w, n) in enumerate([(1.0, 1), (2.0, 2), (6.0, 3)]):
+        f = tmp_path / f"c{i}.ckpt"
+        torch.save({"state_dict": {"model.w": torch.full((2,), w), "model.n": torch.tensor(n)}}, f)
+        files.append(f)
+    avg = average_checkpoints(files)
+    assert avg["w"].tolist() == [3.0, 3.0] and avg["n"].item() == 3
+
+
+@pytest.mark.slow
+def test_real_demo_configuration_runs_a_few_steps(tmp_path, capsys):
+    """The demo itself (real Whisper tiny.en, SmolLM2-135M, AV-HuBERT from scratch), shortened."""
+    rc = main(
+        [
+            "demo",
+            "--out",
+            str(tmp_path / "demo"),
+            "--train",
+            "24",
+            "--test",
+            "4",
+            "--minutes",
+            "3",
+            "train.max_steps=3",
+            "decode.num_beams=2",
+            "decode.max_new_tokens=8",
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Llama-AVSR demo results" in out and "raw video" in out
+    res = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    assert set(res["wer"]["avsr"]) == {"clean", "0"}
