@@ -160,7 +160,8 @@ class Espeak:
     gain control, …) and draws breath noise from libc's ``rand()``; the same text then sounds slightly
     different depending on what was spoken before.  To make every utterance a pure function of
     (text, voice, seed) — whatever the order or the worker process — each call loads a fresh copy of the
-    library (``dlopen``/``dlclose``, ≈3 ms) and seeds ``rand()``.
+    library (``dlopen``/``dlclose``, ≈3 ms) and seeds ``rand()``. If something else in the process keeps
+    libespeak-ng loaded, one shared instance is used instead (with a warning: not bit-reproducible).
     """
 
     def __init__(self) -> None:
@@ -170,10 +171,19 @@ class Espeak:
         self._events: list[tuple[int, int, int, int, str]] = []
         self._callback = _SynthCallback(self._on_synth)  # keep a reference: C holds the pointer
         self._lock = threading.Lock()
-        self._warned_resident = False
-        lib = self._load()
-        self.native_rate = self._initialize(lib)
-        self._unload(lib)
+        self._shared: ctypes.CDLL | None = None
+        lib = self._acquire()
+        self.native_rate = self._rate
+        self._release(lib)
+
+    def _resident(self) -> bool:
+        """Whether libespeak-ng is already mapped into this process (loaded by someone else)."""
+        try:
+            lib = ctypes.CDLL(self._path, mode=os.RTLD_NOLOAD)
+        except OSError:
+            return False
+        _ctypes.dlclose(lib._handle)  # NOLOAD took a reference too
+        return True
 
     def _load(self) -> ctypes.CDLL:
         try:
@@ -189,29 +199,34 @@ class Espeak:
             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
             ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
         ]  # fmt: skip
-        return lib
-
-    def _initialize(self, lib: ctypes.CDLL) -> int:
         rate = lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_DONT_EXIT
         )
         if rate <= 0:
             raise EspeakError("espeak_Initialize failed (espeak-ng-data missing?)")
         lib.espeak_SetSynthCallback(self._callback)
-        return rate
+        self._rate = rate
+        return lib
 
-    def _unload(self, lib: ctypes.CDLL) -> None:
-        lib.espeak_Terminate()
-        _ctypes.dlclose(lib._handle)
-        if not self._warned_resident:
-            try:  # still mapped (another user holds it): its state then carries over between calls
-                ctypes.CDLL(self._path, mode=os.RTLD_NOLOAD)
-            except OSError:
-                return
-            self._warned_resident = True
+    def _acquire(self) -> ctypes.CDLL:
+        """A freshly loaded and initialised library — or, when another user keeps it loaded in this
+        process (then dlclose cannot reset it, and re-initialising after espeak_Terminate hangs), one
+        shared instance initialised once."""
+        if self._shared is not None:
+            return self._shared
+        resident = self._resident()
+        lib = self._load()
+        if resident:
             log.warning(
-                "libespeak-ng stays loaded in this process: synthesis may not be exactly reproducible"
+                "libespeak-ng is already loaded in this process: synthesis may not be exactly reproducible"
             )
+            self._shared = lib
+        return lib
+
+    def _release(self, lib: ctypes.CDLL) -> None:
+        if lib is not self._shared:
+            lib.espeak_Terminate()
+            _ctypes.dlclose(lib._handle)
 
     def _on_synth(self, wav, n, events) -> int:  # noqa: ANN001 - ctypes signature
         if wav and n > 0:
@@ -233,9 +248,8 @@ class Espeak:
         self, text: str, voice: Voice, seed: int
     ) -> tuple[list[np.ndarray], list[tuple[int, int, int, int, str]]]:
         with self._lock:
-            lib = self._load()
+            lib = self._acquire()
             try:
-                self._initialize(lib)
                 if lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
                     raise EspeakError(f"espeak-ng has no voice {voice.name!r}")
                 lib.espeak_SetParameter(_PARAM_RATE, int(voice.rate), 0)
@@ -250,7 +264,7 @@ class Espeak:
                     raise EspeakError(f"espeak_Synth failed ({err}) on {text!r}")
                 return self._chunks, self._events
             finally:
-                self._unload(lib)
+                self._release(lib)
 
     def synth(self, text: str, voice: Voice, sample_rate: int = SAMPLE_RATE, seed: int = 0) -> Speech:
         """Speak ``text`` with ``voice``; the audio is resampled from espeak-ng's native 22.05 kHz to
