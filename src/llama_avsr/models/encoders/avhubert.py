@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llama_avsr.config import EncoderConfig, find_arch
+from llama_avsr.config import EncoderConfig, find_arch, torch_dtype
 from llama_avsr.models.encoders.avhubert_features import SAMPLES_PER_FRAME, avhubert_audio_features
 from llama_avsr.models.encoders.base import ENCODERS, Encoder, parse_options
 
@@ -920,6 +920,7 @@ def build_avhubert(cfg: EncoderConfig) -> AVHubertEncoder:
         if options.resnet_widths is not None:
             model_cfg = {**model_cfg, "resnet_widths": list(options.resnet_widths)}
         model = AVHubert.from_config(model_cfg)
+    model = model.to(torch_dtype(cfg.dtype))
     n_layers = model.arch.encoder_layers
     if options.output_layer is not None and not 1 <= options.output_layer <= n_layers:
         raise ValueError(f"avhubert output_layer must be in 1..{n_layers}, got {options.output_layer}")
