@@ -180,7 +180,7 @@ class Appearance:
             corner_droop=rng.uniform(-1.5, 1.5),
             nostrils=rng.uniform(0.0, 1.0),
             light=rng.uniform(0.0, 0.3),
-            noise=rng.uniform(1.0, 4.0),
+            noise=rng.uniform(0.5, 2.0),
         )
 
 
@@ -273,56 +273,60 @@ class Palette:
     tongue: Color
 
 
-def draw_mouth(
-    canvas: np.ndarray, shape: MouthShape, origin: tuple[float, float], scale: float, palette: Palette
-) -> None:
-    """Paint one frame's mouth into ``canvas`` (H, W) or (H, W, 3) in place, in painter's order
-    (cavity, tongue, teeth, then the lips over them). ``origin`` is the mouth centre in unscaled
-    pixels; ``scale`` maps unscaled pixels to canvas pixels."""
-    f = scale * (1 << _SHIFT)
+# rows of the polygon array built by _polygons: cavity, lower teeth, upper teeth, upper lip, lower lip,
+# lower-lip highlight, seam, and the tongue (centre row, half-axes row)
+_PARTS = (2 * _N_PTS, 2 * _N_PTS, 2 * _N_PTS, 2 * _N_PTS, 2 * _N_PTS, 2 * (_N_PTS - 8), _N_PTS, 2)
+_BOUNDS = np.concatenate([[0], np.cumsum(_PARTS)])
+_SLICES = [slice(int(_BOUNDS[i]), int(_BOUNDS[i + 1])) for i in range(len(_PARTS))]
+
+
+def _polygons(shape: MouthShape, origin: tuple[float, float], scale: float) -> np.ndarray:
+    """All polygons of the mouth as fixed-point canvas coordinates: (..., P, 2) int32, rows per
+    ``_SLICES`` (works on a whole track's shapes at once)."""
     k = slice(4, _N_PTS - 4)
-    span = (shape.lower_outer - shape.lower_inner)[k]
-    polys = [
-        np.concatenate([shape.upper_inner, shape.lower_inner[::-1]]),  # cavity
+    ui, li, uo, lo = shape.upper_inner, shape.lower_inner, shape.upper_outer, shape.lower_outer
+    span = (lo - li)[..., k, :]
+    flip = np.flip
+    parts = [
+        np.concatenate([ui, flip(li, -2)], -2),  # cavity
         shape.lower_teeth,
         shape.upper_teeth,
-        np.concatenate([shape.upper_outer, shape.upper_inner[::-1]]),  # upper lip
-        np.concatenate([shape.lower_inner, shape.lower_outer[::-1]]),  # lower lip
+        np.concatenate([uo, flip(ui, -2)], -2),  # upper lip
+        np.concatenate([li, flip(lo, -2)], -2),  # lower lip
         # highlight along the middle of the lower lip (it faces the light)
-        np.concatenate(
-            [shape.lower_inner[k] + span * [[0, 0.35]], (shape.lower_inner[k] + span * [[0, 0.75]])[::-1]]
-        ),
-        0.5 * (shape.upper_inner + shape.lower_inner),  # seam between the lips
-        shape.tongue.reshape(2, 2),
+        np.concatenate([li[..., k, :] + span * [0, 0.35], flip(li[..., k, :] + span * [0, 0.75], -2)], -2),
+        0.5 * (ui + li),  # seam between the lips
+        shape.tongue.reshape(*shape.tongue.shape[:-1], 2, 2),
     ]
-    sizes = np.cumsum([len(q) for q in polys])[:-1]
-    allp = np.concatenate(polys) * f
-    allp[:-1] += np.asarray(origin) * f  # the last row holds the tongue's half-axes
-    cavity, lower_teeth, upper_teeth, upper, lower, light, seam, tongue = (
-        q.reshape(-1, 1, 2) for q in np.split(np.round(allp).astype(np.int32), sizes)
-    )
-    if shape.opening > 0.3:
+    f = scale * (1 << _SHIFT)
+    allp = np.concatenate(parts, -2) * f
+    allp[..., :-1, :] += np.asarray(origin) * f  # the last row holds the tongue's half-axes
+    return np.round(allp).astype(np.int32)
+
+
+def _draw(canvas: np.ndarray, polys: np.ndarray, opening: float, scale: float, palette: Palette) -> None:
+    cavity, lower_teeth, upper_teeth, upper, lower, light, seam, tongue = (polys[s] for s in _SLICES)
+    if opening > 0.3:
         cv2.fillPoly(canvas, [cavity], palette.cavity, cv2.LINE_AA, _SHIFT)
-        (cx, cy), (ax, ay) = tongue[0, 0], tongue[1, 0]
-        if ay > f * 0.3:
-            cv2.ellipse(
-                canvas,
-                (int(cx), int(cy)),
-                (int(ax), int(ay)),
-                0,
-                0,
-                360,
-                palette.tongue,
-                -1,
-                cv2.LINE_AA,
-                _SHIFT,
-            )
+        (cx, cy), (ax, ay) = tongue
+        if ay > scale * (1 << _SHIFT) * 0.3:
+            axes = (int(ax), int(ay))
+            cv2.ellipse(canvas, (int(cx), int(cy)), axes, 0, 0, 360, palette.tongue, -1, cv2.LINE_AA, _SHIFT)
         cv2.fillPoly(canvas, [lower_teeth], palette.teeth, cv2.LINE_AA, _SHIFT)
         cv2.fillPoly(canvas, [upper_teeth], palette.teeth, cv2.LINE_AA, _SHIFT)
     cv2.fillPoly(canvas, [upper], palette.lip_dark, cv2.LINE_AA, _SHIFT)
     cv2.fillPoly(canvas, [lower], palette.lip, cv2.LINE_AA, _SHIFT)
     cv2.fillPoly(canvas, [light], palette.lip_light, cv2.LINE_AA, _SHIFT)
     cv2.polylines(canvas, [seam], False, palette.cavity, max(1, int(scale * 0.8)), cv2.LINE_AA, _SHIFT)
+
+
+def draw_mouth(
+    canvas: np.ndarray, shape: MouthShape, origin: tuple[float, float], scale: float, palette: Palette
+) -> None:
+    """Paint one frame's mouth into ``canvas`` (H, W) or (H, W, 3) in place, in painter's order
+    (cavity, tongue, teeth, then the lips over them). ``origin`` is the mouth centre in unscaled
+    pixels; ``scale`` maps unscaled pixels to canvas pixels."""
+    _draw(canvas, _polygons(shape, origin, scale), float(shape.opening), scale, palette)
 
 
 def _background(app: Appearance, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -379,6 +383,7 @@ def render_roi(
     shapes = mouth_shape(
         track, app.mouth_halfwidth * zoom, app.lip_thickness, app.corner_droop, app.open_gain
     )
+    polys = _polygons(shapes, app.center, _SS)
     chin = (app.center[1] + app.mouth_halfwidth * 1.05 + 7 * track[:, 0] * app.open_gain) * _SS
     chin_color = float(app.skin * 0.86)
     out = np.empty((n, size, size), np.uint8)
@@ -396,7 +401,7 @@ def render_roi(
             2 * _SS,
             cv2.LINE_8,
         )
-        draw_mouth(img, shapes[i], app.center, _SS, palette)
+        _draw(img, polys[i], float(shapes.opening[i]), _SS, palette)
         small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
         m = cv2.getRotationMatrix2D(app.center, app.angle + motion[i, 2], 1.0)
         m[:, 2] += motion[i, :2]
