@@ -43,6 +43,14 @@ MODALITIES = {
         "projector: {hidden: 32}}}",
         "model.encoders={avhubert: {kind: avhubert, arch: tiny-avhubert, options: {lora: true}}}",
     ],
+    # the same AV-HuBERT run twice (audio only, video only) into two projectors with delimiters
+    "audiovisual_avhubert_two_projectors": [
+        "model.streams={audio: {encoder: avhubert, inputs: [audio], compression: {kind: stack, ratio: 2}, "
+        "projector: {hidden: 32}, begin_token: '<audio>', end_token: '</audio>'}, "
+        "video: {encoder: avhubert, inputs: [video], compression: {kind: stack, ratio: 2}, "
+        "projector: {hidden: 32}, begin_token: '<video>', end_token: '</video>'}}",
+        "model.encoders={avhubert: {kind: avhubert, arch: tiny-avhubert, options: {lora: true}}}",
+    ],
 }
 
 
