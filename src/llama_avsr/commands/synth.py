@@ -20,7 +20,8 @@ those of LRS3 prepared by auto_avsr, so every other command reads it like the re
   OUT/synth.json                               manifest (seed, counts, speakers, vocabulary)
 
 Test sentences never occur in training, and some adjective-noun combinations are seen only in test.
-The same --seed gives the same corpus whatever --jobs is. Needs espeak-ng (apt-get install espeak-ng).
+The same --seed gives the same sentences, audio (bit-identical) and rendered lip frames whatever --jobs
+is. Needs espeak-ng (apt-get install espeak-ng).
 """
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,16 @@ def _positive(value: str) -> int:
     return n
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the description's layout listing as written; show defaults."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _Formatter
     parser.add_argument(
-        "--out", required=True, help="output folder (created; existing files are overwritten)"
+        "--out",
+        required=True,
+        help="output folder (created if needed; files of the same names are overwritten)",
     )
     parser.add_argument("--train", type=_count, default=1000, help="number of training utterances")
     parser.add_argument("--val", type=_count, default=100, help="number of validation utterances")
