@@ -19,6 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 from scipy.signal import resample_poly
 
@@ -141,6 +142,10 @@ def _atomic_target(path: Path) -> tuple[Path, Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
+    # mkstemp creates 0600; give the final file the usual permissions
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return path, Path(tmp)
 
 
@@ -183,13 +188,17 @@ def write_video(
             vs = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             vs.width, vs.height = frames.shape[2], frames.shape[1]
             vs.pix_fmt = "yuv420p"
-            vs.options = {"crf": str(crf), "preset": "veryfast"}
+            # one encoder thread: x264 output then depends only on the frames (byte-identical reruns)
+            vs.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
             as_ = None
             if audio is not None:
                 as_ = c.add_stream("aac", rate=sample_rate)
                 as_.layout = "mono"
             for fr in frames:
-                for pkt in vs.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
+                # our own RGB → YUV 4:2:0 (BT.601, limited range, as swscale) keeps the output
+                # byte-identical across runs; PyAV's swscale conversion was seen to vary
+                yuv = cv2.cvtColor(np.ascontiguousarray(fr), cv2.COLOR_RGB2YUV_I420)
+                for pkt in vs.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")):
                     c.mux(pkt)
             for pkt in vs.encode():
                 c.mux(pkt)
