@@ -130,6 +130,11 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
     start = time.time()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     elapsed = time.time() - start
+    # a run that stops between checkpoint intervals (max_steps, time budget) still ends with its final
+    # weights on disk, so the averaged model includes them (all ranks take part: sharded strategies)
+    saved = checkpoints_in_order(ckpt_dir)
+    if trainer.global_step > 0 and not any(p.stem.endswith(f"step={trainer.global_step}") for p in saved):
+        trainer.save_checkpoint(ckpt_dir / f"{trainer.current_epoch}-step={trainer.global_step}.ckpt")
 
     if trainer.global_rank != 0:
         return out / "model"
