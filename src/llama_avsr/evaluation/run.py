@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 VIDEO_FPS = 25
+#: frame budget of a decoding batch (25 fps frames): large, so `DecodingOptions.batch_size` decides
+DECODE_MAX_FRAMES = 1_000_000
 
 
 def snr_label(snr: float | None) -> str:
@@ -56,7 +58,9 @@ def decode_split(
     mods = model.cfg.modalities
     loader = build_dataloader(
         load_split(data, split),
-        dataclasses.replace(data, max_batch_size=options.batch_size),
+        # decoding batches hold `batch_size` utterances of similar length; the training frame budget
+        # does not apply (no gradients are kept)
+        dataclasses.replace(data, max_batch_size=options.batch_size, max_frames=DECODE_MAX_FRAMES),
         Collator(model.tokenizer, mods, with_targets=False),
         split,
         modalities=mods,
