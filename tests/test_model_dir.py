@@ -19,6 +19,7 @@ from llama_avsr.model_dir import (
     ModelDirError,
     export_merged,
     from_pretrained,
+    load_experiment,
     load_model_dir,
     push_to_hub,
     save_model_dir,
@@ -82,7 +83,7 @@ def samples():
             "id": str(i),
             "text": t,
             "audio": 0.1 * torch.randn(n, generator=g),
-            "video": torch.randn(f, 1, 88, 88, generator=g),
+            "video": torch.randn(f, 1, 48, 48, generator=g),
         }
         for i, (t, n, f) in enumerate(zip(TEXTS, [16000, 12000], [10, 8], strict=True))
     ]
@@ -149,6 +150,7 @@ def test_save_load_gives_identical_outputs(trained, batch, tokenizer):
     assert model.generate(gen, OPTS) == loaded.generate(gen, OPTS)
     # the directory holds no pickles: only JSON, markdown and safetensors
     assert {p.suffix for p in path.iterdir()} <= {".json", ".md", ".safetensors"}
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in [path, *path.iterdir()])  # readable by others
 
 
 def test_model_card_shows_configuration_and_results(trained):
@@ -156,7 +158,7 @@ def test_model_card_shows_configuration_and_results(trained):
     card = (path / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: llama-avsr")
     assert "stream `video`: encoder `avhubert`" in card and "LayerNorm" in card
-    assert "LoRA on q_proj, v_proj, reduction 8, alpha 4 (scaling 0.5)" in card
+    assert "LoRA on q_proj, v_proj: reduction 8, alpha 4, scaling 0.5" in card
     assert "| clean | 25.00 | 10.00 | 8 |" in card
     assert "trainable" in card
 
@@ -201,12 +203,16 @@ def test_merged_export_needs_no_peft_and_gives_same_transcripts(trained, batch, 
         export_merged(out, tmp_path / "again")
 
 
-def test_export_command_merges(trained, tmp_path):
+def test_export_command_merges_and_copies(trained, tmp_path):
     from llama_avsr.cli import main
 
     _, path = trained
     assert main(["export", str(path), "--merge-lora", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "llm" / "config.json").is_file()
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "copy")]) == 0  # plain copy
+    assert json.loads((tmp_path / "copy" / "provenance.json").read_text())["merged_from"] == str(path)
+    assert (tmp_path / "copy" / "results.json").is_file()
+    assert load_experiment(tmp_path / "copy").model.llm.source == str((tmp_path / "copy" / "llm").resolve())
     assert main(["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
 
 

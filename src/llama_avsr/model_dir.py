@@ -210,12 +210,22 @@ def _write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         fill(tmp)
+        _normal_permissions(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _normal_permissions(root: Path) -> None:
+    """mkdtemp makes a private (0700) directory and safetensors writes 0600 files: give them the
+    permissions of ordinary files and folders (umask applied)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def save_model_dir(
@@ -386,6 +396,17 @@ def _replace_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def copy_model_dir(src: str | Path, out: str | Path, revision: str | None = None) -> Path:
+    """Copy a model directory or hub repository snapshot (files, not links) to ``out``; the
+    evaluation outputs (``eval/``) and hidden files stay behind."""
+    root = resolve_model_dir(src, revision)
+    load_experiment(root)  # a valid configuration
+    if not (root / WEIGHTS).is_file():
+        raise ModelDirError(f"{root}: no {WEIGHTS} (an incomplete model directory)")
+    ignore = shutil.ignore_patterns("eval", ".*")
+    return _write_dir(out, lambda tmp: shutil.copytree(root, tmp, ignore=ignore, dirs_exist_ok=True))
+
+
 # --------------------------------------------------------------------------------------------------
 # export with the LLM LoRA merged
 
@@ -537,9 +558,9 @@ def model_card(
     lines += ["## Configuration", ""]
     lora = m.llm.lora
     lora_text = (
-        f"LoRA on {', '.join(lora.targets)}, reduction {lora.reduction}"
-        + (f" (rank {lora.rank})" if lora.rank is not None else "")
-        + f", alpha {lora.alpha:g} (scaling {lora.scaling:g})"
+        f"LoRA on {', '.join(lora.targets)}: reduction {lora.reduction}"
+        + (f", rank {lora.rank}" if lora.rank is not None else "")
+        + f", alpha {lora.alpha:g}, scaling {lora.scaling:g}"
         if lora is not None
         else "no LoRA"
     )

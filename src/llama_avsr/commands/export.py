@@ -32,13 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llama_avsr.model_dir import (
-        ModelDirError,
-        export_merged,
-        load_model_dir,
-        push_to_hub,
-        save_model_dir,
-    )
+    from llama_avsr.model_dir import ModelDirError, copy_model_dir, export_merged, push_to_hub
 
     if args.out is None and args.push_to_hub is None:
         print("export: give --out DIR and/or --push-to-hub OWNER/NAME", file=sys.stderr)  # noqa: T201
@@ -49,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
             if args.merge_lora:
                 export_merged(args.model, out, revision=args.revision)
             elif args.out is not None or not _is_local(args.model):
-                model, exp = load_model_dir(args.model, revision=args.revision)
-                save_model_dir(model, exp, out, results=_results(args.model, args.revision))
+                copy_model_dir(args.model, out, revision=args.revision)
             else:  # pushing a local directory as it is
                 out = args.model
             if args.push_to_hub:
@@ -72,12 +65,3 @@ def _is_local(model: str) -> bool:
     from llama_avsr.model_dir import CONFIG
 
     return (Path(model) / CONFIG).is_file()
-
-
-def _results(model: str, revision: str | None) -> dict | None:
-    import json
-
-    from llama_avsr.model_dir import RESULTS, resolve_model_dir
-
-    file = resolve_model_dir(model, revision) / RESULTS
-    return json.loads(file.read_text()) if file.is_file() else None

@@ -1,0 +1,58 @@
+"""``llama-avsr import-reference``: a released Llama-AVSR ``.pth`` checkpoint → our model directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+HELP = "import a released Llama-AVSR checkpoint (.pth, reference key layout) into a model directory"
+DESCRIPTION = (
+    HELP + ". The recipe (--config: a paper recipe such as configs/paper/vsr.yaml, or any experiment "
+    "YAML, optionally followed by key.path=value overrides) must describe the architecture the checkpoint was trained with. "
+    "Projector, LLM LoRA (lora_down → LoRA A, lora_up → LoRA B, scaling alpha/reduction) and AV-HuBERT LoRA "
+    "tensors are mapped and checked (every trainable tensor present, every shape equal); the frozen base "
+    "weights the file also carries are ignored and taken from the recipe's named base models (the rows "
+    "of the added special tokens and AV-HuBERT's BatchNorm statistics excepted). The file is read with "
+    "torch.load(weights_only=True): no pickled code runs. Then: llama-avsr eval --model OUT ..."
+)
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="the released checkpoint (.pth state dict, or a Lightning .ckpt)")
+    p.add_argument(
+        "--config",
+        required=True,
+        nargs="+",
+        metavar=("RECIPE", "KEY=VALUE"),
+        help="recipe / experiment YAML the checkpoint was trained with, then optional key.path=value overrides",
+    )
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument(
+        "--skip-base-check",
+        action="store_true",
+        help="do not compare the file's frozen weights with the named base models (faster on 8B models)",
+    )
+    p.add_argument("--json", action="store_true", help="print the import report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from llama_avsr.model_dir import ModelDirError
+    from llama_avsr.reference import ReferenceCheckpointError, import_reference
+    from llama_avsr.training.config import ExperimentConfig
+
+    try:
+        exp = ExperimentConfig.load(args.config[0], args.config[1:])
+        _, report = import_reference(args.checkpoint, exp, args.out, check_base=not args.skip_base_check)
+    except (ReferenceCheckpointError, ModelDirError, FileNotFoundError) as e:
+        print(f"import-reference: {e}", file=sys.stderr)  # noqa: T201
+        return 1
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))  # noqa: T201
+    else:
+        print(report.summary())  # noqa: T201
+        print(f"model directory: {args.out}")  # noqa: T201
+    return 0
