@@ -13,7 +13,7 @@ DESCRIPTION = (
     HELP + ". MODEL is a model directory or a hub repository id (owner/name). With --merge-lora the LoRA "
     "adapters are merged into the LLM weights and the LLM is written as a complete Hugging Face folder "
     "(<out>/llm, safetensors): the result loads and transcribes like the original, without PEFT. "
-    "--push-to-hub OWNER/NAME uploads the result (a token from `huggingface-cli login` or HF_TOKEN)."
+    "--push-to-hub OWNER/NAME uploads the result (a token from `hf auth login` or HF_TOKEN)."
 )
 
 log = logging.getLogger(__name__)
