@@ -330,3 +330,27 @@ def test_prepared_raw_videos_train_and_evaluate_through_the_same_dataset_code(tm
     assert main(["eval", "--model", str(out / "model"), "--snr", "clean", "--out", str(tmp_path / "ev")]) == 0
     (summary,) = json.loads((tmp_path / "ev" / "results.json").read_text()).values()
     assert summary["by_snr"]["clean"]["utterances"] == 3
+
+
+def test_time_budgeted_run_stops_on_time_and_ends_at_the_low_learning_rate(corpus, tmp_path):
+    out = tmp_path / "run"
+    start = time.time()
+    overrides = [
+        "train.schedule=time",
+        "train.max_minutes=0.25",
+        "train.max_steps=-1",
+        "train.epochs=1000",
+        "train.warmup_steps=1",
+        "train.min_lr_ratio=0.1",
+        "data.max_frames=80",
+    ]
+    assert main(["train", "--config", str(TINY), *common(corpus, out), *overrides]) == 0
+    assert time.time() - start < 120
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] >= 2
+    final = sorted(out.glob("checkpoints/*step=*.ckpt"))
+    ckpt = torch.load(
+        max(final, key=lambda p: int(p.stem.split("step=")[1])), map_location="cpu", weights_only=True
+    )
+    lr = ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert lr < 0.5e-3, f"the cosine should have decayed over the budget, lr={lr}"

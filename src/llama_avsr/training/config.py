@@ -23,6 +23,9 @@ class TrainConfig:
     max_minutes: wall-clock budget; training stops cleanly when it is spent (the schedule still
         spans ``max_steps``/``epochs``, so set those to what fits).
     warmup_steps: linear warm-up; then cosine from ``lr`` down to ``lr · min_lr_ratio``.
+    schedule: ``steps`` — the cosine spans ``max_steps`` (or ``epochs``); ``time`` — it spans the
+        ``max_minutes`` budget (progress = training time used / budget), so a time-limited run such
+        as the demo always ends at the low learning rate whatever the machine's speed.
     precision: Lightning precision: ``bf16-mixed`` (paper), ``bf16-true``, ``32-true``, ``16-mixed``.
     strategy / devices / num_nodes / accelerator: Lightning's (``ddp``, ``fsdp``, ``deepspeed_stage_2`` …).
     average_last: average the trainable weights of the last N checkpoints into the final model.
@@ -40,6 +43,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     warmup_steps: int = 500
     min_lr_ratio: float = 0.0
+    schedule: str = "steps"
     precision: str = "bf16-mixed"
     accelerator: str = "auto"
     strategy: str = "auto"
@@ -64,6 +68,10 @@ class TrainConfig:
             raise ValueError("train.average_last must be >= 1")
         if len(self.betas) != 2:
             raise ValueError("train.betas needs two values")
+        if self.schedule not in ("steps", "time"):
+            raise ValueError(f"train.schedule must be 'steps' or 'time', got {self.schedule!r}")
+        if self.schedule == "time" and not self.max_minutes:
+            raise ValueError("train.schedule=time needs train.max_minutes (the budget the cosine spans)")
 
 
 @dataclass

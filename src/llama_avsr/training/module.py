@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import lightning as L
@@ -22,8 +23,26 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     """LR multiplier: linear warm-up to 1, then cosine to ``min_ratio`` at ``total`` steps."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return cosine((step - warmup) / max(1, total - warmup), min_ratio)
+
+
+def cosine(progress: float, min_ratio: float) -> float:
+    """1 → ``min_ratio`` as progress goes 0 → 1 (clamped)."""
+    progress = min(1.0, max(0.0, progress))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class TrainingClock:
+    """Seconds spent training (continued across resumes), for the time-based schedule."""
+
+    def __init__(self) -> None:
+        self.before = 0.0  # restored from a checkpoint
+        self.started: float | None = None
+
+    def seconds(self) -> float:
+        if self.started is None:
+            self.started = time.monotonic()
+        return self.before + time.monotonic() - self.started
 
 
 def audio_variant(model: AVSRModel) -> str:
@@ -42,6 +61,7 @@ class AVSRLightning(L.LightningModule):
         # checkpoints hold only the trainable weights; the frozen ones come from their sources
         self.strict_loading = False
         self.sampler_state: dict[str, int] | None = None
+        self.clock = TrainingClock()
         self._epoch_consumed = 0
         #: utterances trained on in this process (throughput report)
         self.utterances_seen = 0
@@ -80,13 +100,30 @@ class AVSRLightning(L.LightningModule):
             lr=t.lr,
             betas=tuple(t.betas),
         )
-        total = t.max_steps if t.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, t.warmup_steps, total, t.min_lr_ratio)
-        )
+        if t.schedule == "time":
+            budget = 60.0 * t.max_minutes
+            warm_secs: list[float] = []  # training time at the end of warm-up
+
+            def factor(step: int) -> float:
+                if step < t.warmup_steps:
+                    return (step + 1) / t.warmup_steps
+                if not warm_secs:
+                    warm_secs.append(self.clock.seconds())
+                used = self.clock.seconds() - warm_secs[0]
+                return cosine(used / max(1.0, budget - warm_secs[0]), t.min_lr_ratio)
+        else:
+            total = t.max_steps if t.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+
+            def factor(step: int) -> float:
+                return warmup_cosine(step, t.warmup_steps, total, t.min_lr_ratio)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints: trainable weights + sampler position ------------------------------------
+    def on_train_start(self) -> None:
+        self.clock.seconds()  # starts the training clock (time-based schedule)
+
     def on_train_epoch_start(self) -> None:
         st = self.sampler_state
         self._epoch_consumed = st["consumed"] if st and st["epoch"] == self.current_epoch else 0
@@ -96,9 +133,11 @@ class AVSRLightning(L.LightningModule):
         keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["sampler"] = {"epoch": self.current_epoch, "consumed": self._epoch_consumed}
+        checkpoint["train_seconds"] = self.clock.seconds()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.sampler_state = checkpoint.get("sampler")
+        self.clock.before = float(checkpoint.get("train_seconds", 0.0))
         own = {f"model.{k}" for k in self.model.trainable_state_dict()}
         saved = set(checkpoint["state_dict"])
         if saved != own:
