@@ -13,7 +13,11 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory written by `llama-avsr train`")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model directory (written by `llama-avsr train` / `import-reference`) or a hub repo id",
+    )
     p.add_argument("--root", default=None, help="corpus root (default: the one the model was trained on)")
     p.add_argument("--csv", default=None, help="label CSV to evaluate (default: the config's test_csv)")
     p.add_argument("--snr", default="clean", help="comma-separated SNRs in dB, e.g. clean,10,5,0,-5")
@@ -22,7 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="utterances decoded together")
     p.add_argument("--max-new-tokens", type=int, default=None, help="longest transcript in tokens")
     p.add_argument("--label", default=None, help="name of this model in tables and plots")
-    p.add_argument("--out", default=None, help="output folder (default: <model>/eval)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: <model>/eval; ./eval/<owner>__<name> for a hub repo id)",
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
 
 

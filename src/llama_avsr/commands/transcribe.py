@@ -22,7 +22,11 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", help="video or audio files")
-    p.add_argument("--model", required=True, help="model directory written by `llama-avsr train`")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model directory (written by `llama-avsr train` / `import-reference`) or a hub repo id",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
     p.add_argument(
         "--prepared", action="store_true", help="the videos are already 96×96 mouth ROIs at 25 fps"

@@ -204,8 +204,9 @@ def evaluate_model_dir(
     model, exp = load_model_dir(model_dir, device=device)
     data = data or exp.data
     label = label or "+".join(model.cfg.modalities)
-    summary = evaluate(
-        model, data, out_dir or Path(model_dir) / "eval", snrs, split, options or exp.decode, label
-    )
+    if out_dir is None:  # beside a local model; for a hub repo id, under ./eval/<owner>__<name>
+        local = Path(model_dir)
+        out_dir = local / "eval" if local.is_dir() else Path("eval") / str(model_dir).replace("/", "__")
+    summary = evaluate(model, data, out_dir, snrs, split, options or exp.decode, label)
     update_results(model_dir, {"evaluation": summary})
     return summary
