@@ -27,6 +27,9 @@ class DataConfig:
     noise_file: babble / noise wav for augmentation; ``None`` uses the project's synthetic babble track
         (generated on first use).
     train_snrs: SNRs in dB drawn uniformly per training utterance; ``None`` entries mean clean.
+    train_augment: modalities augmented in training (audio: time mask + noise at ``train_snrs``; video:
+        random crop + time mask). A modality left out gets the clean evaluation pipeline in training
+        too, which makes the features of a frozen encoder reading it cacheable (``train.feature_cache``).
     decode_snr_target: SNR of the noise added at validation / test; ``None`` = clean.
     seed: seeds the batch order (with the epoch) and the augmentation generators.
     on_error: ``skip`` logs and drops unreadable items, ``raise`` fails on the first one.
@@ -42,6 +45,7 @@ class DataConfig:
     num_workers: int = 4
     noise_file: str | None = None
     train_snrs: list[float | None] = field(default_factory=lambda: list(PAPER_TRAIN_SNRS))
+    train_augment: list[str] = field(default_factory=lambda: ["audio", "video"])
     decode_snr_target: float | None = None
     seed: int = 0
     on_error: str = "skip"
@@ -57,6 +61,8 @@ class DataConfig:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.on_error not in ("skip", "raise"):
             raise ValueError(f"data.on_error must be 'skip' or 'raise', got {self.on_error!r}")
+        if set(self.train_augment) - {"audio", "video"}:
+            raise ValueError(f"data.train_augment: modalities are audio and video, got {self.train_augment}")
         if not self.train_snrs:
             raise ValueError("data.train_snrs must hold at least one level (null = clean)")
 

@@ -179,7 +179,8 @@ def audio_pipeline(
 def build_pipeline(
     split: str, modality: str, cfg: DataConfig, variant: str = "default", noise: NoiseSource | None = None
 ) -> Pipeline:
-    """The pipeline for ``split`` (``train``; ``val``/``test`` = eval) and ``modality``.
+    """The pipeline for ``split`` (``train``; ``val``/``test`` = eval) and ``modality``; a modality not in
+    ``cfg.train_augment`` gets the clean eval pipeline in training too.
 
     variant: for audio, ``default`` (waveform layer norm, Whisper / WavLM) or ``raw`` (no layer norm,
         AV-HuBERT audio).  Ignored for video.
@@ -188,14 +189,17 @@ def build_pipeline(
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}")
-    train = split == "train"
+    # a modality left out of `train_augment` trains on the clean evaluation pipeline
+    train = split == "train" and modality in cfg.train_augment
     if modality == "video":
         return video_pipeline(train)
     if modality != "audio":
         raise ValueError(f"unknown modality {modality!r}")
     if variant not in AUDIO_VARIANTS:
         raise ValueError(f"unknown audio variant {variant!r}; expected one of {AUDIO_VARIANTS}")
-    snrs: list[float | None] = list(cfg.train_snrs) if train else [cfg.decode_snr_target]
+    snrs: list[float | None] = (
+        list(cfg.train_snrs) if train else [None if split == "train" else cfg.decode_snr_target]
+    )
     if noise is None:
         noise = NoiseSource(cfg.noise_file)
     return audio_pipeline(train, noise, snrs, layer_norm=variant == "default")

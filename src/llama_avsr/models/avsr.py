@@ -22,6 +22,7 @@ from llama_avsr.data.batch import PAD_LABEL, Batch
 from llama_avsr.decoding.options import DecodingOptions
 from llama_avsr.models.compression import build_compressor
 from llama_avsr.models.encoders import build_encoder
+from llama_avsr.models.feature_cache import FeatureCache
 from llama_avsr.models.llm import TokenIds, apply_lora, base_causal_lm, load_llm, load_tokenizer, token_ids
 from llama_avsr.models.projector import Projector
 from llama_avsr.models.splice import Sequences, StreamFeatures, build_sequences
@@ -46,6 +47,9 @@ class TrainableStateError(ValueError):
 
 
 class AVSRModel(nn.Module):
+    #: frozen-encoder features served from a cache (``models.feature_cache``); ``None``: always encode
+    feature_cache: FeatureCache | None = None
+
     def __init__(self, cfg: ModelConfig, tokenizer=None, meta: bool = False) -> None:
         """Build the model. ``meta=True`` builds every part on the meta device from the architecture
         configs (no weights, no tokenizer): enough to count parameters."""
@@ -168,7 +172,11 @@ class AVSRModel(nn.Module):
             lengths = {m: batch.lengths[m] for m in scfg.inputs}
             needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in enc.parameters())
             with torch.set_grad_enabled(needs_grad):
-                feats, lens = enc(inputs, lengths)
+                if self.feature_cache is not None and not needs_grad:
+                    cfg = self.cfg.encoders[scfg.encoder]
+                    feats, lens = self.feature_cache.encode(scfg.encoder, enc, cfg, inputs, lengths)
+                else:
+                    feats, lens = enc(inputs, lengths)
             feats, lens = self.compressors[name](feats, lens)
             proj = self.projectors[name]
             feats = proj(feats.to(proj[0].weight.dtype))

@@ -32,6 +32,9 @@ class TrainConfig:
     checkpoint_every_steps: also checkpoint every N steps (0: only at epoch ends).
     val_every_steps: validate every N steps (0: at epoch ends; validation needs ``data.val_csv``).
     loggers: any of tensorboard, csv, wandb (``WANDB_MODE=offline`` works without a network).
+    feature_cache: ``memory`` or a folder: compute the features of frozen encoders once and reuse them
+        in later epochs (only for modalities left out of ``data.train_augment``; see
+        ``models/feature_cache.py``). ``None``: encode every step.
     """
 
     out_dir: str = "runs/exp"
@@ -59,6 +62,7 @@ class TrainConfig:
     seed: int = 42
     eval_at_end: bool = True
     compile: bool = False
+    feature_cache: str | None = None
 
     def __post_init__(self) -> None:
         bad = set(self.loggers) - set(LOGGERS)

@@ -58,6 +58,12 @@ class AVSRLightning(L.LightningModule):
         super().__init__()
         self.exp = exp
         self.model = model if model is not None else AVSRModel(exp.model)
+        if exp.train.feature_cache:
+            from llama_avsr.models.feature_cache import cache_for_training
+
+            self.model.feature_cache = cache_for_training(
+                self.model, exp.train.feature_cache, exp.data.train_augment
+            )
         # checkpoints hold only the trainable weights; the frozen ones come from their sources
         self.strict_loading = False
         self.sampler_state: dict[str, int] | None = None
