@@ -12,6 +12,9 @@ class DecodingOptions:
     length_penalty: float = 1.0
     #: decode in batches of this many utterances (sorted by length to limit padding)
     batch_size: int = 16
+    #: run the prompt (features included) through the LLM once per utterance and copy its KV cache to
+    #: the beams, instead of once per beam as Hugging Face's beam search does (same transcripts)
+    prefill_once: bool = True
 
     def __post_init__(self) -> None:
         if self.num_beams < 1 or self.max_new_tokens < 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,10 @@ from llama_avsr.models.projector import Projector
 from llama_avsr.models.splice import Sequences, StreamFeatures, build_sequences
 
 log = logging.getLogger(__name__)
+
+
+def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:])
 
 
 @dataclass
@@ -70,6 +75,10 @@ class AVSRModel(nn.Module):
         llm = load_llm(cfg.llm, len(self.tokenizer) if self.tokenizer is not None else None, meta=meta)
         self.hidden_size = llm.get_input_embeddings().embedding_dim
         self.llm = apply_lora(llm, cfg.llm.lora) if cfg.llm.lora is not None else llm
+        # HF cuts the last position out of the final hidden states before the output layer: a
+        # non-contiguous (B, 1, H) view, for which CPU matmul copies the vocabulary matrix once per row
+        # (seconds for a beam-search prefill of 64 rows); a contiguous input takes the plain GEMM path
+        base_causal_lm(self.llm).get_output_embeddings().register_forward_pre_hook(_contiguous_input)
 
         self.compressors = nn.ModuleDict()
         self.projectors = nn.ModuleDict()
@@ -260,10 +269,42 @@ class AVSRModel(nn.Module):
             pad_token_id=self.ids.pad,
             bos_token_id=self.ids.bos,
         )
-        ids = self.llm.generate(
-            inputs_embeds=seq.embeds, attention_mask=seq.attention_mask, generation_config=gen
-        )
+        # the cache must end on a text token, the one generation continues from (the prompt's last)
+        if options.prefill_once and options.num_beams > 1 and bool((seq.stream_index[:, -1] < 0).all()):
+            ids = self._generate_prefilled(seq, gen)
+        else:
+            ids = self.llm.generate(
+                inputs_embeds=seq.embeds, attention_mask=seq.attention_mask, generation_config=gen
+            )
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def _generate_prefilled(self, seq: Sequences, gen) -> torch.Tensor:
+        """Beam search with the prompt run once per utterance → new token ids (B, L).
+
+        HF's beam search copies the inputs for every beam before the first forward pass, so the prompt
+        (features included: most of the sequence) runs ``num_beams`` times. Here everything but the
+        last token fills the KV cache once, the cache is repeated per beam, and generation continues
+        from the last token, given as an id (it is a text token); positions follow the attention mask
+        as in :func:`~llama_avsr.models.splice.build_sequences`.
+        """
+        base = base_causal_lm(self.llm)
+        out = base.get_decoder()(
+            inputs_embeds=seq.embeds[:, :-1],
+            attention_mask=seq.attention_mask[:, :-1],
+            position_ids=seq.position_ids[:, :-1],
+            use_cache=True,
+        )
+        # transformers renamed `past_key_values` to `cache` during 5.x
+        name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        cache = getattr(out, name)
+        cache.batch_repeat_interleave(gen.num_beams)
+        ids = self.llm.generate(
+            input_ids=seq.input_ids,
+            attention_mask=seq.attention_mask,
+            generation_config=gen,
+            **{name: cache},
+        )
+        return ids[:, seq.input_ids.shape[1] :]
 
     def parameter_counts(self) -> tuple[int, int]:
         """(total, trainable) parameter counts."""

@@ -1,0 +1,57 @@
+"""``llama-avsr bench``: measure training, encoding and decoding speed and the speed-ups."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+from pathlib import Path
+
+HELP = "benchmark training / encoder / decoding speed, memory, FLOP/s and each speed-up (JSON + table)"
+DESCRIPTION = (
+    HELP + ". The config is an experiment config (model / data / train / decode) with a `bench:` "
+    "section (see configs/bench/ and llama_avsr/benchmark/config.py). Inputs are synthesised (espeak-ng "
+    "speech of the requested lengths when installed, else noise; random video), so no corpus is needed. "
+    "Each speed-up is measured against the paper-exact path in the same run: Whisper on 30 s padding, "
+    "no feature cache, one utterance at a time, the prompt run once per beam, eager attention, fp32."
+)
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="benchmark YAML (e.g. configs/bench/asr-demo.yaml)")
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    p.add_argument("--device", default=None, help="torch device (overrides bench.device), e.g. cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (overrides bench.threads)")
+    p.add_argument("--sections", default=None, help="comma-separated subset of the sections to run")
+    p.add_argument(
+        "overrides", nargs="*", help="key.path=value overrides, e.g. bench.repeats=5 decode.num_beams=15"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from llama_avsr.benchmark import format_report, load_bench_config, run_bench
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"bench.device={args.device}")
+    if args.threads:
+        overrides.append(f"bench.threads={args.threads}")
+    if args.sections:
+        overrides.append(f"bench.sections=[{args.sections}]")
+    exp, cfg = load_bench_config(args.config, overrides)
+    report = run_bench(exp, cfg)
+    given = ["--config", args.config]
+    for flag in ("out", "device", "threads", "sections"):
+        if getattr(args, flag) is not None:
+            given += [f"--{flag}", str(getattr(args, flag))]
+    report["command"] = "llama-avsr bench " + " ".join(shlex.quote(a) for a in [*given, *args.overrides])
+    report["config_file"] = str(args.config)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        log.warning("bench report written to %s", args.out)
+    print(format_report(report))  # noqa: T201
+    return 0

@@ -1,0 +1,103 @@
+"""`llama-avsr bench` on the tiny configuration (a smoke test: the report has its keys; no timed
+assertions), its config handling, and the decoding speed-up it measures (same transcripts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llama_avsr.benchmark import SECTIONS, BenchConfig, format_report, load_bench_config
+from llama_avsr.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "bench" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    assert main(["bench", "--config", str(TINY), "--out", str(out), "bench.lengths=[1]"]) == 0
+    return json.loads(out.read_text())
+
+
+def test_bench_report_has_every_section_and_figure(report):
+    assert set(SECTIONS) <= set(report)
+    env = report["environment"]
+    assert env["device"] == "cpu" and env["torch_threads"] >= 1 and env["versions"]["torch"]
+    assert report["matmul"]["float32"]["flops_per_s"] > 0
+    modes = {(e["encoder"], e["mode"]) for e in report["encoder"]}
+    assert {("whisper", "true-length"), ("whisper", "padded-30s"), ("avhubert", "configured")} <= modes
+    (row,) = report["train"]
+    for key in (
+        "step_s",
+        "samples_per_s",
+        "encoder_s",
+        "llm_step_s",
+        "llm_tokens_per_s",
+        "llm_train_flops_per_s",
+        "llm_train_mfu",
+        "peak_memory",
+    ):
+        assert key in row, key
+    assert row["step_s"]["min"] <= row["step_s"]["median"] and row["peak_memory"]["rss_mib"] > 0
+    assert report["whisper"]["whisper"]["feature_cosine"]["mean"] > 0.5
+    fc = report["feature_cache"]
+    assert fc["configured"]["cached_encoders"] == ["whisper"]  # the video encoder trains
+    assert fc["paper-exact (padded-30s)"]["first_epoch_s"] > 0
+    dec = report["decode"]
+    assert dec["identical_transcripts"] == dec["utterances"] == 4
+    assert dec["identical_prefill_once_vs_per_beam"] == 4
+    assert {"utterances_per_s", "real_time_factor"} <= set(dec["batched"])
+    assert "train_step_s" in report["attention"]["eager"]
+    assert "workers=0" in report["data"] and report["data"]["workers=0"]["batches"] >= 1
+    assert set(report["targets"]) == {
+        "whisper_true_length_vs_padded",
+        "feature_cache_epochs",
+        "batched_decoding",
+    }
+    assert "llama-avsr bench --config" in report["command"]
+    table = format_report(report)
+    assert "speed-ups" in table and "targets:" in table and "decoding" in table
+
+
+def test_bench_config_splits_experiment_and_bench_sections():
+    exp, cfg = load_bench_config(TINY, ["bench.repeats=5", "decode.num_beams=3"])
+    assert cfg.repeats == 5 and exp.decode.num_beams == 3 and exp.model.llm.arch == "tiny-llama"
+    with pytest.raises(ValueError, match="unknown"):
+        load_bench_config(TINY, ["bench.sections=[nope]"])
+    with pytest.raises(ValueError, match="unknown key"):
+        load_bench_config(TINY, ["bench.speed=1"])
+    assert BenchConfig(sections=["decode"]).runs("decode") and not BenchConfig(sections=["decode"]).runs(
+        "train"
+    )
+
+
+def test_prompt_once_per_utterance_gives_the_transcripts_of_the_per_beam_search(smollm2_dir):
+    """The decoding speed-up (prompt through the LLM once, KV cache copied to the beams) changes no
+    transcript, batched or one at a time."""
+    import dataclasses
+
+    from llama_avsr.data.collate import Collator
+    from llama_avsr.models.avsr import AVSRModel
+
+    exp, _ = load_bench_config(TINY, [f"model.llm.tokenizer={smollm2_dir}"])
+    torch.manual_seed(0)
+    model = AVSRModel(exp.model).eval()
+    with torch.no_grad():  # LoRA B starts at zero: make the adapters matter
+        for n, p in model.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    g = torch.Generator().manual_seed(0)
+    samples = [
+        {"id": str(i), "text": "", "audio": torch.randn(n, generator=g), "video": torch.randn(f, 1, 88, 88)}
+        for i, (n, f) in enumerate([(16000, 25), (20480, 32), (9600, 15)])
+    ]
+    col = Collator(model.tokenizer, ["audio", "video"], with_targets=False)
+    opts = dataclasses.replace(exp.decode, num_beams=3, max_new_tokens=6)
+    per_beam = model.generate(col(samples), dataclasses.replace(opts, prefill_once=False))
+    once = model.generate(col(samples), opts)
+    assert once == per_beam
+    assert once == [model.generate(col([s]), opts)[0] for s in samples]
