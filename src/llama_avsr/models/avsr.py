@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import GenerationConfig
 
 from llama_avsr.config import ModelConfig
 from llama_avsr.data.batch import PAD_LABEL, Batch
@@ -254,9 +255,19 @@ class AVSRModel(nn.Module):
     @torch.no_grad()
     def generate(self, batch: Batch, options: DecodingOptions | None = None) -> list[str]:
         """Deterministic batched beam search (``do_sample=False``) with KV cache → transcripts."""
-        from transformers import GenerationConfig
-
         options = options or DecodingOptions()
+        with self.inference_autocast():
+            return self._generate(batch, options)
+
+    def inference_autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when the LLM weights are stored in bf16, so the fp32 parts (projectors, LoRA
+        adapters) do not force fp32 matmuls at inference (about 2× faster decoding on CPU)."""
+        dtype = self.llm.get_input_embeddings().weight.dtype
+        if dtype not in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled(self.device.type):
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _generate(self, batch: Batch, options: DecodingOptions) -> list[str]:
         seq = self.prepare(batch, with_targets=False)
         gen = GenerationConfig(
             num_beams=options.num_beams,
