@@ -157,8 +157,7 @@ def test_resume_with_prefetching_loader() -> None:
 def test_state_mismatch_rejected() -> None:
     s = FrameBudgetBatchSampler(make_lengths(), 1000, num_replicas=2, rank=0)
     state = s.state_dict()
-    with pytest.raises(ValueError, match="num_replicas"):
-        FrameBudgetBatchSampler(make_lengths(), 1000, num_replicas=4, rank=0).load_state_dict(state)
+    # another number of replicas is fine: the rest of the epoch is re-sharded (tests/test_distributed.py)
     with pytest.raises(ValueError, match="num_items"):
         FrameBudgetBatchSampler(make_lengths(10), 1000, num_replicas=2, rank=0).load_state_dict(state)
     with pytest.raises(ValueError, match="rank"):

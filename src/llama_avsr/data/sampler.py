@@ -13,8 +13,12 @@ Per epoch, with a generator seeded by (seed, epoch):
    rank runs the same number of steps and every item is seen at least once (a few of them twice);
    ``drop_uneven=True`` drops the last ``n mod R`` batches instead (every item at most once).
 
-Resuming: ``state_dict()`` records the epoch and how many of this rank's batches were consumed;
-after ``load_state_dict`` the next iteration yields exactly the remaining batches of that epoch.
+Resuming: ``state_dict()`` records the epoch and how many batches of the epoch's global list all ranks
+together have consumed (``global_consumed`` = this rank's count × R, since step k of every rank reads
+global batches ``kR … kR + R − 1``).  ``load_state_dict`` skips that prefix of the global list and
+shards the rest over the *current* ranks (padded as above), so a run can resume on a different number
+of processes: with R·(batches per step) unchanged, the resumed run sees the same global batches as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -125,8 +129,8 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.drop_uneven = drop_uneven
         self.epoch = 0
-        self._skip = 0  # batches of the current epoch consumed before a resume (load_state_dict)
-        self._yielded = 0  # position in the current epoch, counting the skipped batches
+        self._offset = 0  # batches of the epoch's global list consumed before a resume (load_state_dict)
+        self._yielded = 0  # this rank's batches handed out in the current pass
         self._cache: tuple[int, list[list[int]]] | None = None
         n_long = int((self.lengths > max_frames).sum())
         if n_long:
@@ -137,7 +141,7 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (reshuffles). A different epoch than a resumed one discards the resume point."""
         if epoch != self.epoch:
-            self._skip = 0
+            self._offset = 0
             self._yielded = 0
         self.epoch = epoch
 
@@ -147,59 +151,85 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
         # a distinct, well-mixed stream per (seed, epoch), identical on every rank
         return torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
 
-    def rank_batches(self) -> list[list[int]]:
-        """All of this rank's batches for the current epoch (ignoring any resume point)."""
+    def global_batches(self) -> list[list[int]]:
+        """The epoch's batches before sharding: identical on every rank (steps 1–3 above)."""
         if self._cache is not None and self._cache[0] == self.epoch:
             return self._cache[1]
         batches = frame_budget_batches(
             self.lengths, self.max_frames, self.num_buckets, self.max_batch_size, self._generator()
         )
+        self._cache = (self.epoch, batches)
+        return batches
+
+    def _shard(self, offset: int) -> tuple[list[list[int]], int]:
+        """This rank's batches of the global list from ``offset`` on, and how many of them are real
+        (the rest are padding repeats)."""
+        full = self.global_batches()
+        rest = full[offset:]
         r = self.num_replicas
-        if r > 1 and len(batches) % r:
+        if r > 1 and len(rest) % r:
             if self.drop_uneven:
-                batches = batches[: len(batches) - len(batches) % r]
+                rest = rest[: len(rest) - len(rest) % r]
             else:
-                pad = r - len(batches) % r
-                batches = batches + [batches[i % len(batches)] for i in range(pad)]
-        mine = batches[self.rank :: r]
-        self._cache = (self.epoch, mine)
-        return mine
+                rest = rest + [full[i % len(full)] for i in range(r - len(rest) % r)]
+        mine = rest[self.rank :: r]
+        n_real = len(full) - offset  # real batches left; positions >= n_real in `rest` are padding
+        real = sum(1 for j in range(len(mine)) if self.rank + j * r < n_real)
+        return mine, real
+
+    def rank_batches(self) -> list[list[int]]:
+        """All of this rank's batches for the current epoch (ignoring any resume point)."""
+        return self._shard(0)[0]
+
+    def is_padding(self, j: int) -> bool:
+        """Whether this rank's ``j``-th batch of the next pass repeats a batch to even out the ranks
+        (validation leaves such batches out of its metrics)."""
+        return j >= self._shard(self._offset)[1]
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self.rank_batches()
-        self._yielded = self._skip
-        for b in batches[self._skip :]:
+        batches = self._shard(self._offset)[0]
+        self._yielded = 0
+        for b in batches:
             self._yielded += 1
             yield b
-        self._skip = 0  # the resumed epoch is complete: a next pass over it is a full one
+        # the resumed epoch is complete: a next pass over it is a full one
+        self._offset = 0
+        self._yielded = 0
 
     def __len__(self) -> int:
         """Batches the next iteration yields (the remainder of the epoch after a resume)."""
-        return max(0, len(self.rank_batches()) - self._skip)
+        return len(self._shard(self._offset)[0])
 
     def state_dict(self, consumed: int | None = None) -> dict[str, int]:
-        """Resume point: epoch and batches consumed in it by this rank.
+        """Resume point: the epoch and the batches of its global list consumed by all ranks.
 
-        consumed: batches the training loop actually used; by default the number this sampler has
-        handed out, which runs ahead of training when a DataLoader prefetches — pass the step count
-        of the epoch for an exact resume.
+        consumed: this rank's batches the training loop actually used in the current pass; by default
+        the number this sampler has handed out, which runs ahead of training when a DataLoader
+        prefetches — pass the loop's own step count for an exact resume.
+
+        ``consumed`` in the result is the per-rank count since the start of the epoch (informational,
+        and what older states held); ``global_consumed`` is what :meth:`load_state_dict` uses.
         """
+        mine = self._yielded if consumed is None else consumed
+        done = self._offset + mine * self.num_replicas
         return {
             "epoch": self.epoch,
-            "consumed": self._yielded if consumed is None else consumed,
+            "consumed": -(-done // self.num_replicas),
+            "global_consumed": done,
             "seed": self.seed,
             "num_replicas": self.num_replicas,
             "num_items": len(self.lengths),
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore a resume point; the next ``__iter__`` yields the rest of that epoch."""
-        for key, mine in (
-            ("seed", self.seed),
-            ("num_replicas", self.num_replicas),
-            ("num_items", len(self.lengths)),
-        ):
+        """Restore a resume point; the next ``__iter__`` yields this rank's share of the rest of that
+        epoch. The state may come from a run with another number of ranks (``num_replicas``)."""
+        for key, mine in (("seed", self.seed), ("num_items", len(self.lengths))):
             if key in state and state[key] != mine:
                 raise ValueError(f"cannot resume sampler: saved {key}={state[key]}, now {mine}")
         self.epoch = int(state["epoch"])
-        self._skip = self._yielded = int(state["consumed"])
+        if "global_consumed" in state:
+            self._offset = int(state["global_consumed"])
+        else:  # a per-rank count (older states, or hand-written): step k covered k·R global batches
+            self._offset = int(state["consumed"]) * int(state.get("num_replicas", self.num_replicas))
+        self._yielded = 0

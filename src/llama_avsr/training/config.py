@@ -11,6 +11,17 @@ from llama_avsr.data.config import DataConfig
 from llama_avsr.decoding.options import DecodingOptions
 
 LOGGERS = ("tensorboard", "csv", "wandb")
+#: strategies built here (others are passed to Lightning by name, e.g. ``ddp_find_unused_parameters_true``)
+SHARDED_STRATEGIES = (
+    "fsdp",
+    "deepspeed_stage_2",
+    "deepspeed_stage_3",
+    "deepspeed_stage_2_offload",
+    "deepspeed_stage_3_offload",
+)
+PRECISIONS = ("bf16-mixed", "bf16-true", "32-true", "16-mixed")
+FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
+QUANTIZATION = ("nf4", "int8")
 
 
 @dataclass
@@ -27,7 +38,19 @@ class TrainConfig:
         ``max_minutes`` budget (progress = training time used / budget), so a time-limited run such
         as the demo always ends at the low learning rate whatever the machine's speed.
     precision: Lightning precision: ``bf16-mixed`` (paper), ``bf16-true``, ``32-true``, ``16-mixed``.
-    strategy / devices / num_nodes / accelerator: Lightning's (``ddp``, ``fsdp``, ``deepspeed_stage_2`` …).
+    strategy / devices / num_nodes / accelerator: Lightning's. ``auto`` (one device), ``ddp``, ``fsdp``
+        (shards the LLM per decoder layer, checkpoints sharded), ``deepspeed_stage_2`` / ``_3``
+        (+ ``_offload``; needs ``pip install deepspeed`` and CUDA), or any other Lightning strategy name.
+        Multi-node: set ``num_nodes`` and launch one process per GPU with SLURM ``srun`` or ``torchrun``
+        (docs/scaling.md). The loss is averaged over the transcript tokens of the global batch
+        (all ranks × ``accumulate_grad_batches``), so results do not depend on how the work is split.
+    accumulate_grad_batches / gradient_clip_val: Lightning's (clipping by norm).
+    fsdp_sharding: FSDP sharding strategy: ``FULL_SHARD`` (ZeRO-3-like), ``SHARD_GRAD_OP`` (ZeRO-2-like),
+        ``HYBRID_SHARD`` (shard inside a node, replicate across nodes), ``NO_SHARD``.
+    fsdp_cpu_offload: FSDP keeps parameter shards (and the optimiser step) on the CPU.
+    llm_quantization: ``nf4`` or ``int8``: store the frozen LLM linear weights quantised with
+        bitsandbytes (QLoRA-style; CUDA only; ``pip install bitsandbytes``); LoRA and the projectors stay
+        in full precision. ``None``: the LLM in ``model.llm.dtype`` (``bfloat16`` for large models).
     average_last: average the trainable weights of the last N checkpoints into the final model.
     checkpoint_every_steps: also checkpoint every N steps (0: only at epoch ends).
     val_every_steps: validate every N steps (0: at epoch ends; validation needs ``data.val_csv``).
@@ -63,6 +86,9 @@ class TrainConfig:
     eval_at_end: bool = True
     compile: bool = False
     feature_cache: str | None = None
+    fsdp_sharding: str = "FULL_SHARD"
+    fsdp_cpu_offload: bool = False
+    llm_quantization: str | None = None
 
     def __post_init__(self) -> None:
         bad = set(self.loggers) - set(LOGGERS)
@@ -76,6 +102,39 @@ class TrainConfig:
             raise ValueError(f"train.schedule must be 'steps' or 'time', got {self.schedule!r}")
         if self.schedule == "time" and not self.max_minutes:
             raise ValueError("train.schedule=time needs train.max_minutes (the budget the cosine spans)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.accumulate_grad_batches < 1:
+            raise ValueError("train.accumulate_grad_batches must be >= 1")
+        if self.fsdp_sharding not in FSDP_SHARDING:
+            raise ValueError(
+                f"train.fsdp_sharding must be one of {FSDP_SHARDING}, got {self.fsdp_sharding!r}"
+            )
+        if self.strategy.startswith(("fsdp", "deepspeed")) and self.strategy not in SHARDED_STRATEGIES:
+            raise ValueError(
+                f"train.strategy={self.strategy}: use one of {SHARDED_STRATEGIES} "
+                "(FSDP options are train.fsdp_sharding and train.fsdp_cpu_offload)"
+            )
+        if self.llm_quantization is not None:
+            if self.llm_quantization not in QUANTIZATION:
+                raise ValueError(
+                    f"train.llm_quantization must be one of {QUANTIZATION} or null, got {self.llm_quantization!r}"
+                )
+            if self.strategy.startswith(("fsdp", "deepspeed")):
+                raise ValueError(
+                    "train.llm_quantization works with one GPU or ddp, not with sharded strategies "
+                    f"({self.strategy}): shard the bf16 LLM instead, or quantise on each GPU with ddp"
+                )
+        if self.feature_cache and self.sharded:
+            raise ValueError(
+                f"train.feature_cache does not work with train.strategy={self.strategy}: a sharded encoder "
+                "must run on every rank at once, a cache hit on one rank and a miss on another would hang"
+            )
+
+    @property
+    def sharded(self) -> bool:
+        """Whether parameters (and checkpoints) are sharded over the ranks (FSDP, DeepSpeed)."""
+        return self.strategy in SHARDED_STRATEGIES
 
 
 @dataclass

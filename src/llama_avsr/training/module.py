@@ -1,20 +1,40 @@
-"""Lightning wiring: the LightningModule (optimiser, schedule, trainable-only checkpoints, sampler
-resume) and the DataModule (frame-budget batches per rank)."""
+"""Lightning wiring: the LightningModule (loss over the tokens of the global batch, optimiser, schedule,
+trainable-only checkpoints, sampler resume) and the DataModule (frame-budget batches per rank).
+
+Distributed semantics (any strategy, any number of processes R, gradient accumulation A):
+
+- each rank reads its own batches of the frame-budget sampler, all ranks the same number of steps;
+- one optimiser step covers a *window* of A batches on each of the R ranks; the loss of the step is
+  the cross entropy summed over the transcript tokens of all R·A batches divided by their number.
+  The token count of the window is known before its first batch runs (the loader reads the window
+  ahead, :class:`TokenWindows`) and summed over the ranks with one all-reduce per batch. Each batch
+  contributes ``sum_b · R · A / tokens_window``: Lightning divides by A and DDP/FSDP average the
+  gradients over R, so the gradient is that of the global token mean, whatever R and A are;
+- validation sums the loss and the token count over every rank before dividing, leaving out the
+  batches repeated to even out the ranks;
+- checkpoints record how many batches of the epoch's global list were consumed, so a run resumes on a
+  different number of processes (``data.sampler``).
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
+from llama_avsr.data.batch import PAD_LABEL, Batch
 from llama_avsr.data.collate import Collator
 from llama_avsr.data.dataset import build_dataloader, load_split
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.training.config import ExperimentConfig
+from llama_avsr.training.distributed import clean_name, trainable_keys
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +73,68 @@ def audio_variant(model: AVSRModel) -> str:
     return "default"
 
 
+def target_tokens(batch: Batch) -> int:
+    """Transcript tokens (EOS included) the loss is computed on: the model's ``n_tokens``."""
+    if batch.target_ids is None or len(batch) == 0:
+        return 0
+    return int((batch.target_ids != PAD_LABEL).sum())
+
+
+class TokenWindows:
+    """The training loader as Lightning sees it: yields ``(batch, window_tokens)``.
+
+    ``window_tokens`` is the number of transcript tokens in this rank's batches of the current
+    accumulation window (``accumulate`` batches, aligned with Lightning's count of batches in the
+    epoch, the last one possibly shorter), read ahead of the first of them.
+
+    loader: the DataLoader over the frame-budget batch sampler (``loader.batch_sampler``).
+    before: batches of the current epoch this rank already ran before a resume (Lightning counts on from
+        there, so the first window is shortened to stay aligned with its optimiser steps).
+    position: the resume point to store in a checkpoint (see ``state_dict``).
+
+    ``sampler`` is the batch sampler, so that Lightning calls its ``set_epoch`` every epoch.
+    """
+
+    def __init__(
+        self,
+        loader: DataLoader,
+        accumulate: int,
+        before: int = 0,
+        position: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        self.loader = loader
+        self.batch_sampler = self.sampler = loader.batch_sampler
+        self.accumulate = accumulate
+        self.before = before
+        self.position = position
+        # Lightning treats the epoch as over when its batch count reaches len(): after a resume on a
+        # different number of processes its restored count plus the rest can exceed a full epoch
+        self._len = max(len(self.batch_sampler.rank_batches()), before + len(self.batch_sampler))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[tuple[Batch, int]]:
+        pos, self.before = self.before, 0
+        it = iter(self.loader)
+        while True:
+            window = list(itertools.islice(it, self.accumulate - pos % self.accumulate))
+            if not window:
+                return
+            tokens = sum(target_tokens(b) for b in window)
+            for b in window:
+                yield b, tokens
+            pos += len(window)
+
+    # Lightning saves the state of loaders that have these (and then trusts them to resume mid-epoch)
+    def state_dict(self) -> dict[str, int]:
+        return self.position() if self.position is not None else {}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Nothing to do: the resume point comes with the module's checkpoint entry, applied when the
+        loader was built."""
+
+
 class AVSRLightning(L.LightningModule):
     def __init__(self, exp: ExperimentConfig, model: AVSRModel | None = None) -> None:
         super().__init__()
@@ -64,43 +146,96 @@ class AVSRLightning(L.LightningModule):
             self.model.feature_cache = cache_for_training(
                 self.model, exp.train.feature_cache, exp.data.train_augment
             )
+        if exp.train.llm_quantization:
+            from llama_avsr.training.quantize import quantize_frozen_llm
+
+            quantize_frozen_llm(self.model.llm, exp.train.llm_quantization)
         # checkpoints hold only the trainable weights; the frozen ones come from their sources
         self.strict_loading = False
+        self.trainable_keys = trainable_keys(self.model)
+        self._matrices = {n for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2}
         self.sampler_state: dict[str, int] | None = None
         self.clock = TrainingClock()
-        self._epoch_consumed = 0
-        #: utterances trained on in this process (throughput report)
+        self._rank_steps = 0  # batches this rank ran in the current epoch (Lightning's count)
+        self._global_done = 0  # batches of the epoch's global list consumed by all ranks together
+        self._counters_epoch = -1  # the epoch these two counters are for
+        self._window = torch.zeros(2, dtype=torch.float64)  # summed loss and tokens of the window
+        self._val = torch.zeros(2, dtype=torch.float64)
+        #: utterances trained on in this process / by all processes (throughput report)
         self.utterances_seen = 0
+        self.utterances_total = 0
 
     # -- steps ---------------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
-        self._epoch_consumed += 1
+    def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(t, reduce_op="sum") if self.trainer.world_size > 1 else t
+
+    def training_step(self, item: tuple[Batch, int], batch_idx: int) -> torch.Tensor | None:
+        batch, window_tokens = item
+        self._rank_steps += 1
+        self._global_done += self.trainer.world_size
         skipped = getattr(batch, "skipped", None)
         if skipped:
             log.warning("skipped %d unreadable item(s) in this batch: %s", len(skipped), skipped)
-        if len(batch) == 0:  # every item unreadable: nothing to learn from (Lightning skips the step)
-            return None
-        out = self.model(batch)
-        bs = len(batch)
-        self.utterances_seen += bs
-        self.log("train/loss", out.lm_loss, prog_bar=True, batch_size=bs)
+        out = self.model(batch) if len(batch) else None
+        if out is not None and int(out.n_tokens) != target_tokens(batch):
+            raise RuntimeError(f"loss over {int(out.n_tokens)} tokens, expected {target_tokens(batch)}")
+        lm_sum = out.lm_loss_sum.detach() if out is not None else torch.zeros((), device=self.device)
+        local = torch.stack(
+            [lm_sum.double(), torch.tensor(float(target_tokens(batch)), device=lm_sum.device)]
+        )
+        stats = self._sum_over_ranks(
+            torch.cat([local, torch.tensor([float(window_tokens)], dtype=torch.float64, device=local.device)])
+        )
+        self._window = self._window.to(stats.device) + stats[:2]
+        if self._window_ends(batch_idx):
+            loss_sum, tokens = self._window.tolist()
+            self._window = torch.zeros_like(self._window)
+            bs = len(batch)
+            self.log("train/loss", loss_sum / max(tokens, 1.0), prog_bar=True, batch_size=bs)
+            self.log("train/tokens", tokens, batch_size=bs)
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=bs)
+        if out is None:
+            if self.trainer.world_size == 1:
+                return None  # every item unreadable: nothing to learn from (Lightning skips the step)
+            # the other ranks reduce gradients in backward: take part with zero gradients
+            return sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+        self.utterances_seen += len(batch)
         if self.exp.model.sink_loss_factor > 0:
-            self.log("train/sink_loss", out.sink_loss, batch_size=bs)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=bs)
-        return out.loss
+            self.log("train/sink_loss", out.sink_loss, batch_size=len(batch))
+        # the token mean over the global window (module docstring); the sink loss is a per-batch mean
+        scale = self.trainer.world_size * self.trainer.accumulate_grad_batches / max(float(stats[2]), 1.0)
+        return out.lm_loss_sum * scale + out.sink_loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def _window_ends(self, batch_idx: int) -> bool:
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        last = self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        return done % self.trainer.accumulate_grad_batches == 0 or last
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = torch.zeros(2, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if len(batch) == 0:
             return
         out = self.model(batch)
-        self.log("val/loss", out.lm_loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
+        sampler = getattr(self.trainer.datamodule, "val_sampler", None)
+        if sampler is not None and sampler.is_padding(batch_idx):
+            return  # a batch repeated to give every rank the same number of steps: counted once
+        self._val += torch.stack([out.lm_loss_sum.detach().double(), out.n_tokens.double()]).to(self._val)
+
+    def on_validation_epoch_end(self) -> None:
+        loss_sum, tokens = self._sum_over_ranks(self._val).tolist()
+        if tokens > 0:
+            self.log("val/loss", loss_sum / tokens, prog_bar=True)
+            self.log("val/tokens", tokens)
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
         t = self.exp.train
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]  # biases and norms: no weight decay
+        named = [(clean_name(n), p) for n, p in self.model.named_parameters() if p.requires_grad]
+        # biases and norms: no weight decay (decided on the shapes before FSDP flattened them)
+        decay = [p for n, p in named if n in self._matrices]
+        no_decay = [p for n, p in named if n not in self._matrices]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=t.lr,
@@ -118,7 +253,7 @@ class AVSRLightning(L.LightningModule):
                 used = self.clock.seconds() - warm_secs[0]
                 return cosine(used / max(1.0, budget - warm_secs[0]), t.min_lr_ratio)
         else:
-            total = t.max_steps if t.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+            total = t.max_steps if t.max_steps > 0 else self._planned_steps()
 
             def factor(step: int) -> float:
                 return warmup_cosine(step, t.warmup_steps, total, t.min_lr_ratio)
@@ -126,28 +261,65 @@ class AVSRLightning(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def _planned_steps(self) -> int:
+        """Optimiser steps of ``train.epochs`` full epochs at this world size (from epoch 0's batches).
+
+        Counted here rather than by Lightning, whose count reads the loader before a resume point is
+        restored (sharded strategies) and would shorten the schedule."""
+        dm = self.trainer.datamodule
+        per_rank = len(dm.epoch_batches()) if dm is not None else int(self.trainer.num_training_batches)
+        return self.exp.train.epochs * max(1, math.ceil(per_rank / self.trainer.accumulate_grad_batches))
+
     # -- checkpoints: trainable weights + sampler position ------------------------------------
+    def _restore_position(self) -> None:
+        """Counters of the resumed epoch (when the run resumes where it stopped), zero for a new one."""
+        st, self.sampler_state = self.sampler_state, None
+        if st is not None and st["epoch"] == self.current_epoch:
+            world = int(st.get("world_size", self.trainer.world_size))
+            self._rank_steps = int(st["consumed"])
+            self._global_done = int(st.get("global_consumed", self._rank_steps * world))
+        elif self._counters_epoch != self.current_epoch:
+            self._rank_steps = self._global_done = 0
+        self._counters_epoch = self.current_epoch
+
+    def position(self) -> dict[str, int]:
+        """The resume point: epoch, this rank's batches in it, batches of its global list consumed."""
+        return {
+            "epoch": self.current_epoch,
+            "consumed": self._rank_steps,
+            "global_consumed": self._global_done,
+            "world_size": self.trainer.world_size,
+        }
+
     def on_train_start(self) -> None:
         self.clock.seconds()  # starts the training clock (time-based schedule)
+        self._restore_position()  # a mid-epoch resume gets no on_train_epoch_start
 
     def on_train_epoch_start(self) -> None:
-        st = self.sampler_state
-        self._epoch_consumed = st["consumed"] if st and st["epoch"] == self.current_epoch else 0
-        self.sampler_state = None
+        self._restore_position()
+        self._window = torch.zeros_like(self._window)
+
+    def on_train_end(self) -> None:
+        # while the processes can still talk: the run's total for the throughput report
+        n = torch.tensor(float(self.utterances_seen), dtype=torch.float64, device=self.device)
+        self.utterances_total = int(self._sum_over_ranks(n).item())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["sampler"] = {"epoch": self.current_epoch, "consumed": self._epoch_consumed}
+        if "state_dict" in checkpoint:  # absent with DeepSpeed, which saves the weights itself
+            checkpoint["state_dict"] = {
+                k: v for k, v in checkpoint["state_dict"].items() if k in self.trainable_keys
+            }
+        checkpoint["sampler"] = self.position()
         checkpoint["train_seconds"] = self.clock.seconds()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.sampler_state = checkpoint.get("sampler")
         self.clock.before = float(checkpoint.get("train_seconds", 0.0))
-        own = {f"model.{k}" for k in self.model.trainable_state_dict()}
+        if "state_dict" not in checkpoint:  # sharded checkpoints: the strategy loads the weights
+            return
         saved = set(checkpoint["state_dict"])
-        if saved != own:
-            missing, extra = sorted(own - saved), sorted(saved - own)
+        if saved != self.trainable_keys:
+            missing, extra = sorted(self.trainable_keys - saved), sorted(saved - self.trainable_keys)
             raise ValueError(
                 "checkpoint does not match this configuration: "
                 f"missing {missing[:3]} ({len(missing)}), unexpected {extra[:3]} ({len(extra)})"
@@ -165,29 +337,45 @@ class AVSRData(L.LightningDataModule):
         self.modalities = model.cfg.modalities
         self.collator = Collator(model.tokenizer, self.modalities)
         self.variant = audio_variant(model)
+        self.val_sampler = None
 
-    def _loader(self, split: str):
+    def _loader(self, split: str, epoch: int | None = None) -> DataLoader:
         t = self.trainer
-        loader = build_dataloader(
+        return build_dataloader(
             load_split(self.exp.data, split),
             self.exp.data,
             self.collator,
             split,
             modalities=self.modalities,
-            epoch=t.current_epoch if t else 0,
+            epoch=(t.current_epoch if t else 0) if epoch is None else epoch,
             rank=t.global_rank if t else 0,
             world_size=t.world_size if t else 1,
             audio_variant=self.variant,
         )
-        st = self.module.sampler_state
-        if split == "train" and st is not None:
-            loader.batch_sampler.load_state_dict(st)
-        return loader
 
-    def train_dataloader(self):
-        return self._loader("train")
+    def epoch_batches(self) -> list[list[int]]:
+        """This rank's training batches of epoch 0 (for planning the schedule)."""
+        return self._loader("train", epoch=0).batch_sampler.rank_batches()
+
+    def train_dataloader(self) -> TokenWindows:
+        loader = self._loader("train")
+        st = self.module.sampler_state
+        before = 0
+        if st is not None:
+            loader.batch_sampler.load_state_dict(st)
+            if st["epoch"] == loader.batch_sampler.epoch:
+                before = int(st["consumed"])
+        t = self.trainer
+        return TokenWindows(
+            loader,
+            t.accumulate_grad_batches if t else 1,
+            before=before,
+            position=self.module.position if t else None,
+        )
 
     def val_dataloader(self):
         if self.exp.data.val_csv is None:
             return []
-        return self._loader("val")
+        loader = self._loader("val")
+        self.val_sampler = loader.batch_sampler
+        return loader

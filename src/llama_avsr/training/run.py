@@ -1,5 +1,11 @@
 """``train``: build the Lightning trainer from an experiment config, fit, average the last checkpoints
-and write the final model directory."""
+and write the final model directory.
+
+Under any strategy only rank 0 writes ``experiment.json``, logs, the averaged model directory and its
+results (checkpoint files are written by Lightning: rank 0 alone, or every rank its shard with FSDP /
+DeepSpeed). Sharded checkpoints are consolidated here, on rank 0, into the usual model directory: the
+trainable weights only, plus the references to the base models in the config.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
 from llama_avsr.model_dir import save_model_dir
+from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.training.config import ExperimentConfig
+from llama_avsr.training.distributed import build_strategy, clean_name, read_trainable_state, set_rank
 from llama_avsr.training.module import AVSRData, AVSRLightning
 
 log = logging.getLogger(__name__)
@@ -42,17 +50,42 @@ def _precision(requested: str) -> str:
     return requested
 
 
-def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """Element-wise mean of the (trainable) ``state_dict`` of Lightning checkpoints.
+class _Checkpoints(ModelCheckpoint):
+    """ModelCheckpoint that knows, after a resume, that the restored step is already saved.
 
-    Loaded with ``weights_only=True``; integer buffers (e.g. BatchNorm counters) come from the last.
+    Lightning does not restore that, so with gradient accumulation the first batch after a resume (the
+    optimiser step count unchanged) wrote a second checkpoint of the restored step in mid-window."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_global_step_saved = trainer.global_step
+
+
+class _WriteExperiment(Callback):
+    """Writes ``experiment.json`` once the ranks are known, from rank 0 only."""
+
+    def __init__(self, exp: ExperimentConfig, path: Path) -> None:
+        self.exp, self.path = exp, path
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero:
+            self.path.write_text(json.dumps(self.exp.to_dict(), indent=2))
+
+
+def average_checkpoints(paths: list[Path], keys: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the (trainable) weights of Lightning checkpoints.
+
+    paths: ``.ckpt`` files (loaded with ``weights_only=True``) or sharded checkpoint directories (FSDP,
+        DeepSpeed), consolidated on this process (:func:`~llama_avsr.training.distributed.read_trainable_state`).
+    keys: the LightningModule names to keep (``None``: all). Integer buffers (e.g. BatchNorm counters)
+        come from the last checkpoint.
     """
     if not paths:
         raise ValueError("no checkpoints to average")
     acc: dict[str, torch.Tensor] = {}
     last: dict[str, torch.Tensor] = {}
     for p in paths:
-        sd = torch.load(p, map_location="cpu", weights_only=True)["state_dict"]
+        sd = read_trainable_state(p, keys)
         if acc and set(sd) != set(acc):
             raise ValueError(f"{p}: holds different weights than {paths[0]}")
         for k, v in sd.items():
@@ -83,13 +116,13 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
     t = exp.train
     out = Path(t.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "experiment.json").write_text(json.dumps(exp.to_dict(), indent=2))
     L.seed_everything(t.seed, workers=True, verbose=False)
 
     module = AVSRLightning(exp)
     data = AVSRData(exp, module)
+    precision = _precision(t.precision)
     ckpt_dir = out / "checkpoints"
-    checkpoint = ModelCheckpoint(
+    checkpoint = _Checkpoints(
         dirpath=ckpt_dir,
         filename="{epoch}-step={step}",
         save_top_k=-1,
@@ -103,15 +136,19 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
         max_epochs=t.epochs if t.max_steps <= 0 else -1,
         max_steps=t.max_steps,
         max_time={"minutes": t.max_minutes} if t.max_minutes else None,
-        precision=_precision(t.precision),
+        precision=precision,
         accelerator=t.accelerator,
-        strategy=t.strategy,
+        strategy=build_strategy(t, module.model, precision),
         devices=t.devices,
         num_nodes=t.num_nodes,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
         logger=_loggers(exp, out) or False,
-        callbacks=[checkpoint, TQDMProgressBar(refresh_rate=1)],
+        callbacks=[
+            checkpoint,
+            TQDMProgressBar(refresh_rate=1),
+            _WriteExperiment(exp, out / "experiment.json"),
+        ],
         log_every_n_steps=t.log_every_steps,
         val_check_interval=t.val_every_steps or None,
         check_val_every_n_epoch=None if t.val_every_steps else 1,
@@ -122,7 +159,7 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
     ckpt_path = None
     if resume:
         last = ckpt_dir / "last.ckpt"
-        if last.is_file():
+        if last.exists():  # a file, or a directory of shards
             ckpt_path = str(last)
             log.info("resuming from %s", last)
         else:
@@ -131,23 +168,50 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     elapsed = time.time() - start
     # a run that stops between checkpoint intervals (max_steps, time budget) still ends with its final
-    # weights on disk, so the averaged model includes them (all ranks take part: sharded strategies)
+    # weights on disk, so the averaged model includes them (all ranks take part: sharded strategies;
+    # rank 0 decides, so that they agree)
     saved = checkpoints_in_order(ckpt_dir)
-    if trainer.global_step > 0 and not any(p.stem.endswith(f"step={trainer.global_step}") for p in saved):
-        trainer.save_checkpoint(ckpt_dir / f"{trainer.current_epoch}-step={trainer.global_step}.ckpt")
-
+    final = f"{trainer.current_epoch}-step={trainer.global_step}.ckpt"
+    missing = trainer.global_step > 0 and not any(
+        p.stem.endswith(f"step={trainer.global_step}") for p in saved
+    )
+    if trainer.strategy.broadcast(missing, src=0):
+        trainer.save_checkpoint(ckpt_dir / final)
+    set_rank(trainer.global_rank)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # no collectives from here on
     if trainer.global_rank != 0:
         return out / "model"
     ckpts = checkpoints_in_order(ckpt_dir)[-t.average_last :]
-    if not ckpts and (ckpt_dir / "last.ckpt").is_file():
+    if not ckpts and (ckpt_dir / "last.ckpt").exists():
         ckpts = [ckpt_dir / "last.ckpt"]
-    state = average_checkpoints(ckpts) if ckpts else None
+    state = average_checkpoints(ckpts, set(module.trainable_keys)) if ckpts else None
     log.info("final model: average of %d checkpoint(s): %s", len(ckpts), [p.name for p in ckpts])
     stats = {
         "train_steps": int(trainer.global_step),
         "train_seconds": round(elapsed, 1),
-        "train_utterances": module.utterances_seen,
-        "train_utterances_per_second": round(module.utterances_seen / max(elapsed, 1e-9), 2),
+        "train_utterances": module.utterances_total,
+        "train_utterances_per_second": round(module.utterances_total / max(elapsed, 1e-9), 2),
+        "world_size": trainer.world_size,
     }
-    model_dir = save_model_dir(module.model, exp, out / "model", state=state, results={"training": stats})
-    return model_dir
+    model = _plain_model(exp, module) if t.sharded else module.model
+    return save_model_dir(model, exp, out / "model", state=state, results={"training": stats})
+
+
+def _plain_model(exp: ExperimentConfig, module: AVSRLightning) -> AVSRModel:
+    """An unwrapped copy of the trained model for saving, when the live one is sharded.
+
+    Rebuilt from the config with the run's seed, so that weights without a source (added-token
+    embeddings, random-init parts) are the ones training started from — frozen, so still current; the
+    buffers of frozen encoders (running statistics in train mode) are taken from the live model, where
+    sharding leaves them whole. The trainable weights come from the checkpoints.
+    """
+    L.seed_everything(exp.train.seed, workers=True, verbose=False)
+    model = AVSRModel(exp.model)
+    own = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, buf in module.model.named_buffers():
+            mine = own.get(clean_name(name))
+            if mine is not None and mine.shape == buf.shape:
+                mine.copy_(buf)
+    return model
