@@ -143,6 +143,10 @@ def fsdp_policy(units: Iterable[nn.Module]):
 def build_strategy(t: TrainConfig, model: AVSRModel, precision: str) -> Any:
     """The Lightning strategy for ``train.strategy`` (a name string for the ones Lightning builds)."""
     name = t.strategy
+    if name == "fsdp" and t.devices == 1 and t.num_nodes == 1:
+        # nothing to shard; FSDP's single-process mode also breaks on tied embeddings (torch 2.x)
+        log.info("train.strategy=fsdp on one process: training without FSDP (checkpoints as files)")
+        return "auto"
     if name == "fsdp":
         from torch.distributed.fsdp import MixedPrecision
 
@@ -242,7 +246,7 @@ class TrainableFSDPStrategy(FSDPStrategy):
 
         path = Path(self.broadcast(checkpoint_path))
         if not (path / FSDP_METADATA).is_file():  # a single-file checkpoint (e.g. written by ddp)
-            return super().load_checkpoint(checkpoint_path, weights_only)
+            return self._load_file_checkpoint(path)
         assert self.model is not None and self.lightning_module is not None
         with _get_sharded_state_dict_context(self.model):
             own = self.model.state_dict()
@@ -263,6 +267,32 @@ class TrainableFSDPStrategy(FSDPStrategy):
                     )
                     optim.load_state_dict(flat)
         return torch.load(path / FSDP_METADATA, weights_only=weights_only)
+
+    def _load_file_checkpoint(self, path: Path) -> dict[str, Any]:
+        """A checkpoint written without FSDP (ddp, one device): Lightning's own loader would number the
+        optimiser's parameters over *all* model parameters, frozen ones included."""
+        from lightning.pytorch.trainer.states import TrainerFn
+        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        assert self.model is not None and self.lightning_module is not None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
+        with FSDP.state_dict_type(
+            self.model,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(rank0_only=False),
+            FullOptimStateDictConfig(rank0_only=False),
+        ):
+            self.model.load_state_dict(checkpoint.pop("state_dict"), strict=False)
+            names = self.lightning_module.optimizer_param_names()
+            for optim, state in zip(self.optimizers, checkpoint.get("optimizer_states") or [], strict=False):
+                if fitting:
+                    flat = FSDP.optim_state_dict_to_load(
+                        optim_state_dict=optimizer_state_by_name(state, names), model=self.model, optim=optim
+                    )
+                    optim.load_state_dict(flat)
+        return checkpoint
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,3 +344,42 @@ def read_trainable_state(path: str | Path, keys: Iterable[str] | None = None) ->
         keep = set(keys)
         state = {k: v for k, v in state.items() if k in keep}
     return state
+
+
+def optimizer_state_by_name(state: dict[str, Any], names: list[list[str]]) -> dict[str, Any]:
+    """A plain optimiser state dict (parameters numbered over the groups in order) keyed by parameter
+    names instead, FSDP's full format. names: per group, as ``AVSRLightning.optimizer_param_names``."""
+    if not state["state"] or isinstance(next(iter(state["state"])), str):
+        return state
+    flat = [n for group in names for n in group]
+    groups = [{**g, "params": [flat[i] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": {flat[i]: v for i, v in state["state"].items()}, "param_groups": groups}
+
+
+def optimizer_state_by_index(state: dict[str, Any]) -> dict[str, Any]:
+    """FSDP's name-keyed optimiser state dict → a plain one (parameters numbered over the groups)."""
+    index: dict[str, int] = {}
+    groups = []
+    for g in state["param_groups"]:
+        groups.append({**g, "params": [index.setdefault(n, len(index)) for n in g["params"]]})
+    return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
+
+
+def consolidate_checkpoint(path: str | Path) -> dict[str, Any]:
+    """An FSDP sharded checkpoint directory as one Lightning checkpoint dict (weights, optimiser states
+    numbered as a plain optimiser numbers them, loop state, sampler position), read on one process:
+    to resume a sharded run without FSDP (one process, or ddp)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    path = Path(path)
+    loaded: dict[str, Any] = {}
+    _load_state_dict(
+        loaded, storage_reader=FileSystemReader(str(path)), planner=_EmptyStateDictLoadPlanner(), no_dist=True
+    )
+    checkpoint = torch.load(path / FSDP_METADATA, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"] = {clean_name(k): v for k, v in loaded["model"].items()}
+    optimizers = sorted((k for k in loaded if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
+    checkpoint["optimizer_states"] = [optimizer_state_by_index(loaded[k]) for k in optimizers]
+    return checkpoint

@@ -232,10 +232,8 @@ class AVSRLightning(L.LightningModule):
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
         t = self.exp.train
-        named = [(clean_name(n), p) for n, p in self.model.named_parameters() if p.requires_grad]
-        # biases and norms: no weight decay (decided on the shapes before FSDP flattened them)
-        decay = [p for n, p in named if n in self._matrices]
-        no_decay = [p for n, p in named if n not in self._matrices]
+        params = {f"model.{clean_name(n)}": p for n, p in self.model.named_parameters() if p.requires_grad}
+        decay, no_decay = ([params[n] for n in group] for group in self.optimizer_param_names())
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=t.lr,
@@ -260,6 +258,16 @@ class AVSRLightning(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def optimizer_param_names(self) -> list[list[str]]:
+        """LightningModule names of the optimised parameters per group (weight decay: matrices; none:
+        biases and norms), in the optimiser's order — decided on the shapes before FSDP flattens them.
+        Checkpoints convert optimiser states between strategies with it."""
+        names = [clean_name(n) for n, p in self.model.named_parameters() if p.requires_grad]
+        return [
+            [f"model.{n}" for n in names if n in self._matrices],
+            [f"model.{n}" for n in names if n not in self._matrices],
+        ]
 
     def _planned_steps(self) -> int:
         """Optimiser steps of ``train.epochs`` full epochs at this world size (from epoch 0's batches).

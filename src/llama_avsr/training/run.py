@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,15 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from llama_avsr.model_dir import save_model_dir
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.training.config import ExperimentConfig
-from llama_avsr.training.distributed import build_strategy, clean_name, read_trainable_state, set_rank
+from llama_avsr.training.distributed import (
+    FSDP_METADATA,
+    TrainableFSDPStrategy,
+    build_strategy,
+    clean_name,
+    consolidate_checkpoint,
+    read_trainable_state,
+    set_rank,
+)
 from llama_avsr.training.module import AVSRData, AVSRLightning
 
 log = logging.getLogger(__name__)
@@ -121,6 +131,9 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
     module = AVSRLightning(exp)
     data = AVSRData(exp, module)
     precision = _precision(t.precision)
+    strategy = build_strategy(t, module.model, precision)
+    # the live model is sharded (FSDP, DeepSpeed): the model directory is written from a plain copy
+    sharded = not isinstance(strategy, str)
     ckpt_dir = out / "checkpoints"
     checkpoint = _Checkpoints(
         dirpath=ckpt_dir,
@@ -138,7 +151,7 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
         max_time={"minutes": t.max_minutes} if t.max_minutes else None,
         precision=precision,
         accelerator=t.accelerator,
-        strategy=build_strategy(t, module.model, precision),
+        strategy=strategy,
         devices=t.devices,
         num_nodes=t.num_nodes,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -157,15 +170,25 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
         enable_model_summary=False,
     )
     ckpt_path = None
+    scratch = None
     if resume:
         last = ckpt_dir / "last.ckpt"
         if last.exists():  # a file, or a directory of shards
             ckpt_path = str(last)
             log.info("resuming from %s", last)
+            if (last / FSDP_METADATA).is_file() and not isinstance(strategy, TrainableFSDPStrategy):
+                # an FSDP run resumed without FSDP (one process, ddp): consolidate its shards
+                scratch = Path(tempfile.mkdtemp(prefix="llama-avsr-resume-"))
+                ckpt_path = str(scratch / "last.ckpt")
+                torch.save(consolidate_checkpoint(last), ckpt_path)
         else:
             log.warning("--resume: no %s yet, starting from scratch", last)
     start = time.time()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.time() - start
     # a run that stops between checkpoint intervals (max_steps, time budget) still ends with its final
     # weights on disk, so the averaged model includes them (all ranks take part: sharded strategies;
@@ -194,7 +217,7 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
         "train_utterances_per_second": round(module.utterances_total / max(elapsed, 1e-9), 2),
         "world_size": trainer.world_size,
     }
-    model = _plain_model(exp, module) if t.sharded else module.model
+    model = _plain_model(exp, module) if sharded else module.model
     return save_model_dir(model, exp, out / "model", state=state, results={"training": stats})
 
 
