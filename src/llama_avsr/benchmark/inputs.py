@@ -60,9 +60,7 @@ class Utterances:
     def _audio(self, seconds: float) -> tuple[np.ndarray, str]:
         n = max(1, int(round(seconds * SAMPLE_RATE)))
         if not self.speech:
-            from llama_avsr.synth.grammar import vocabulary
-
-            words = vocabulary()
+            words = _vocabulary()
             k = max(1, int(round(seconds * self.words_per_second)))
             text = " ".join(words[int(i)] for i in self.rng.integers(len(words), size=k))
             return (0.1 * self.rng.standard_normal(n)).astype(np.float32), text
@@ -96,3 +94,13 @@ class Utterances:
                 )
             out.append(sample)
         return out
+
+
+def _vocabulary() -> list[str]:
+    """The synthetic corpus's words (a few fixed ones where the synth package cannot load, e.g. no PyAV)."""
+    try:
+        from llama_avsr.synth.grammar import vocabulary
+
+        return vocabulary()
+    except ImportError:
+        return "the red box was on the table near the window today and bob moved it".split()

@@ -23,6 +23,8 @@ def _x(v: float | None) -> str:
 
 
 def format_report(r: dict[str, Any]) -> str:
+    failed = {k: v["error"] for k, v in r.items() if isinstance(v, dict) and "error" in v}
+    r = {k: v for k, v in r.items() if k not in failed}
     lines: list[str] = []
     env, model, st = r["environment"], r["model"], r["settings"]
     dev = env.get("gpu") or env["cpu"]
@@ -168,5 +170,7 @@ def format_report(r: dict[str, Any]) -> str:
                 f"  {name:<32} {t['target']:<52} measured {_x(t['measured']):>7}  "
                 f"{'HOLDS' if t['holds'] else 'NOT MET'}" + (f"  {extra}" if extra else "")
             )
+    for name, err in failed.items():
+        lines.append(f"section {name} FAILED: {err}")
     lines.append(f"\nbench took {r['bench_seconds']:.0f} s")
     return "\n".join(lines)

@@ -653,7 +653,11 @@ def run_bench(exp: Any, cfg: BenchConfig, model: AVSRModel | None = None) -> dic
         if cfg.runs(section):
             log.info("bench: %s", section)
             t0 = time.time()
-            result[section] = getattr(bench, f"section_{section}")()
+            try:
+                result[section] = getattr(bench, f"section_{section}")()
+            except Exception as e:  # one failing section (a backend, a library version) keeps the others
+                log.exception("bench: section %s failed", section)
+                result[section] = {"error": f"{type(e).__name__}: {e}"}
             result.setdefault("section_seconds", {})[section] = round(time.time() - t0, 1)
             log.info("bench: %s done in %.0f s", section, time.time() - t0)
     result["targets"] = _targets(result)
