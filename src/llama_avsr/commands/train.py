@@ -26,10 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.training.distributed import is_global_zero
     from llama_avsr.training.run import train
 
     exp = ExperimentConfig.load(args.config, args.overrides)
     model_dir = train(exp, resume=args.resume)
+    if not is_global_zero():
+        return 0  # rank 0 writes the model directory and evaluates it; the other ranks are done
     log.warning("model written to %s", model_dir)
     if exp.train.eval_at_end and exp.data.test_csv:
         from llama_avsr.evaluation.run import evaluate_model_dir

@@ -53,7 +53,7 @@ class TrainConfig:
         in full precision. ``None``: the LLM in ``model.llm.dtype`` (``bfloat16`` for large models).
     average_last: average the trainable weights of the last N checkpoints into the final model.
     checkpoint_every_steps: also checkpoint every N steps (0: only at epoch ends).
-    val_every_steps: validate every N steps (0: at epoch ends; validation needs ``data.val_csv``).
+    val_every_steps: validate every N optimiser steps (0: at epoch ends; validation needs ``data.val_csv``).
     loggers: any of tensorboard, csv, wandb (``WANDB_MODE=offline`` works without a network).
     feature_cache: ``memory`` or a folder: compute the features of frozen encoders once and reuse them
         in later epochs (only for modalities left out of ``data.train_augment``; see

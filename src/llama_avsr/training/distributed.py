@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
@@ -161,6 +162,7 @@ def build_strategy(t: TrainConfig, model: AVSRModel, precision: str) -> Any:
             mp = None  # *-true: Lightning casts the whole model
         return TrainableFSDPStrategy(
             trainable_keys=trainable_keys(model),
+            precision=precision,
             auto_wrap_policy=fsdp_policy(fsdp_units(model)),
             sharding_strategy=t.fsdp_sharding,
             cpu_offload=t.fsdp_cpu_offload,
@@ -198,17 +200,35 @@ def trainable_keys(model: AVSRModel) -> frozenset[str]:
     return frozenset(f"model.{k}" for k in model.trainable_state_dict())
 
 
+class ShardedClipPrecision(FSDPPrecision):
+    """Lightning's FSDP precision plugin that clips gradients by norm (``train.gradient_clip_val``).
+
+    Lightning's refuses: the norm must be taken over the gradient shards of every rank, by the root FSDP
+    module's ``clip_grad_norm_``, and the plugin has no reference to it; this one asks the strategy.
+    """
+
+    def __init__(self, precision: str, strategy: FSDPStrategy) -> None:
+        super().__init__(precision)  # type: ignore[arg-type]
+        self._strategy = strategy
+
+    def clip_grad_by_norm(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
+        self._strategy.model.clip_grad_norm_(clip_val)
+
+
 class TrainableFSDPStrategy(FSDPStrategy):
     """Lightning's FSDP whose checkpoints hold only the trainable weights (the frozen ones come from
     their sources), saved sharded and loadable at any world size.
 
     trainable_keys: LightningModule state-dict names of the trainable state (:func:`trainable_keys`).
+    precision: the Trainer's precision (the strategy brings its own precision plugin, which clips
+        gradients by norm: :class:`ShardedClipPrecision`).
     kwargs: :class:`lightning.pytorch.strategies.FSDPStrategy`'s.
     """
 
-    def __init__(self, trainable_keys: frozenset[str], **kwargs: Any) -> None:
+    def __init__(self, trainable_keys: frozenset[str], precision: str = "32-true", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.trainable_keys = trainable_keys
+        self.precision_plugin = ShardedClipPrecision(precision, self)
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         if self.root_device.type != "cpu":

@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from llama_avsr.model_dir import save_model_dir
 from llama_avsr.models.avsr import AVSRModel
@@ -61,14 +62,24 @@ def _precision(requested: str) -> str:
 
 
 class _Checkpoints(ModelCheckpoint):
-    """ModelCheckpoint that knows, after a resume, that the restored step is already saved.
+    """ModelCheckpoint that knows, after a resume, that the restored step is already saved, and that
+    writes ``last.ckpt`` over the directory of shards a sharded run left there.
 
-    Lightning does not restore that, so with gradient accumulation the first batch after a resume (the
-    optimiser step count unchanged) wrote a second checkpoint of the restored step in mid-window."""
+    Lightning does not restore the first, so with gradient accumulation the first batch after a resume
+    (the optimiser step count unchanged) wrote a second checkpoint of the restored step in mid-window.
+    The second: a sharded run resumed without sharding (one process, ddp) failed on its first save,
+    torch.save cannot replace a directory (FSDP, the other way round, replaces a file itself)."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._last_global_step_saved = trainer.global_step
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        path = Path(filepath)
+        writes_file = not isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy))
+        if writes_file and trainer.is_global_zero and path.is_dir():  # rank 0 writes the file
+            shutil.rmtree(path)
+        super()._save_checkpoint(trainer, filepath)
 
 
 class _WriteExperiment(Callback):
@@ -143,6 +154,10 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
         every_n_train_steps=t.checkpoint_every_steps or None,
         save_on_train_epoch_end=True,
         auto_insert_metric_name=False,
+        # a resumed run always continues last.ckpt: Lightning would write last-v1.ckpt beside it when
+        # the run directory was moved or copied since (it no longer recognises its own last.ckpt), and
+        # the next --resume would go back to the stale one
+        enable_version_counter=False,
     )
     trainer = L.Trainer(
         default_root_dir=str(out),
@@ -163,7 +178,8 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
             _WriteExperiment(exp, out / "experiment.json"),
         ],
         log_every_n_steps=t.log_every_steps,
-        val_check_interval=t.val_every_steps or None,
+        # Lightning counts training batches here, not optimiser steps
+        val_check_interval=t.val_every_steps * t.accumulate_grad_batches or None,
         check_val_every_n_epoch=None if t.val_every_steps else 1,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the frame-budget sampler shards by rank itself
