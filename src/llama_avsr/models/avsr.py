@@ -177,23 +177,30 @@ class AVSRModel(nn.Module):
         """Run every stream: encoder → compressor → projector. Returns per-stream (B, T, H) + lengths."""
         out = []
         for name, scfg in self.cfg.streams.items():
-            enc = self.encoders[scfg.encoder]
-            inputs = {m: batch.inputs[m] for m in scfg.inputs}
-            lengths = {m: batch.lengths[m] for m in scfg.inputs}
-            needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in enc.parameters())
-            with torch.set_grad_enabled(needs_grad):
-                if self.feature_cache is not None and not needs_grad:
-                    cfg = self.cfg.encoders[scfg.encoder]
-                    feats, lens = self.feature_cache.encode(scfg.encoder, enc, cfg, inputs, lengths)
-                else:
-                    feats, lens = enc(inputs, lengths)
-            feats, lens = self.compressors[name](feats, lens)
+            feats, lens = self.stream_features(name, batch)
             proj = self.projectors[name]
             feats = proj(feats.to(proj[0].weight.dtype))
             begin = self.ids.added[scfg.begin_token] if scfg.begin_token else None
             end = self.ids.added[scfg.end_token] if scfg.end_token else None
             out.append(StreamFeatures(feats, lens, begin, end))
         return out
+
+    def stream_features(self, name: str, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One stream's encoder → compressor output (B, T, D·ratio) and lengths, before its projector.
+
+        Frozen encoders run without gradients and are served from :attr:`feature_cache` when set."""
+        scfg = self.cfg.streams[name]
+        enc = self.encoders[scfg.encoder]
+        inputs = {m: batch.inputs[m] for m in scfg.inputs}
+        lengths = {m: batch.lengths[m] for m in scfg.inputs}
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in enc.parameters())
+        with torch.set_grad_enabled(needs_grad):
+            if self.feature_cache is not None and not needs_grad:
+                cfg = self.cfg.encoders[scfg.encoder]
+                feats, lens = self.feature_cache.encode(scfg.encoder, enc, cfg, inputs, lengths)
+            else:
+                feats, lens = enc(inputs, lengths)
+        return self.compressors[name](feats, lens)
 
     def prepare(self, batch: Batch, with_targets: bool) -> Sequences:
         if with_targets and batch.target_ids is None:

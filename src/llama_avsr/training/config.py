@@ -58,6 +58,11 @@ class TrainConfig:
     feature_cache: ``memory`` or a folder: compute the features of frozen encoders once and reuse them
         in later epochs (only for modalities left out of ``data.train_augment``; see
         ``models/feature_cache.py``). ``None``: encode every step.
+    ctc_warmup_epochs: before the LLM trains, fit the projectors of frozen-encoder streams for this
+        many epochs with a CTC loss against the LLM's own embeddings of the transcript tokens
+        (``training/warmup.py``; seconds on a CPU). 0 (the paper): the projectors start random.
+    ctc_warmup_lr / ctc_warmup_batch_size: its AdamW learning rate (linear decay to 0) and batch size.
+    ctc_warmup_streams: the streams to warm up (default: every stream whose encoder is frozen).
     """
 
     out_dir: str = "runs/exp"
@@ -89,6 +94,10 @@ class TrainConfig:
     fsdp_sharding: str = "FULL_SHARD"
     fsdp_cpu_offload: bool = False
     llm_quantization: str | None = None
+    ctc_warmup_epochs: float = 0.0
+    ctc_warmup_lr: float = 2e-3
+    ctc_warmup_batch_size: int = 16
+    ctc_warmup_streams: list[str] | None = None
 
     def __post_init__(self) -> None:
         bad = set(self.loggers) - set(LOGGERS)
@@ -125,6 +134,8 @@ class TrainConfig:
                     "train.llm_quantization works with one GPU or ddp, not with sharded strategies "
                     f"({self.strategy}): shard the bf16 LLM instead, or quantise on each GPU with ddp"
                 )
+        if self.ctc_warmup_epochs < 0 or self.ctc_warmup_batch_size < 1:
+            raise ValueError("train.ctc_warmup_epochs must be >= 0 and train.ctc_warmup_batch_size >= 1")
         if self.feature_cache and self.sharded:
             raise ValueError(
                 f"train.feature_cache does not work with train.strategy={self.strategy}: a sharded encoder "

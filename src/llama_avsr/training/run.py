@@ -9,8 +9,10 @@ trainable weights only, plus the references to the base models in the config.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -31,6 +33,7 @@ from llama_avsr.training.distributed import (
     build_strategy,
     clean_name,
     consolidate_checkpoint,
+    is_global_zero,
     read_trainable_state,
     set_rank,
 )
@@ -132,6 +135,24 @@ def checkpoints_in_order(ckpt_dir: Path) -> list[Path]:
     return [p for _, _, p in sorted(found)]
 
 
+def _ctc_warmup(module: AVSRLightning, exp: ExperimentConfig, out: Path) -> None:
+    """The projector warm-up before the first step (``training/warmup.py``), on this rank's GPU if any."""
+    from llama_avsr.training.warmup import ctc_warmup
+
+    t = exp.train
+    device = torch.device("cpu")
+    if t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    home = next(module.model.parameters()).device
+    module.model.to(device)
+    try:
+        report = ctc_warmup(module.model, exp)
+    finally:
+        module.model.to(home)
+    if is_global_zero():
+        (out / "ctc_warmup.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
+
+
 def train(exp: ExperimentConfig, resume: bool = False) -> Path:
     """Fit and write ``<out_dir>/model``. ``resume`` continues from ``checkpoints/last.ckpt``."""
     t = exp.train
@@ -199,6 +220,8 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
                 torch.save(consolidate_checkpoint(last), ckpt_path)
         else:
             log.warning("--resume: no %s yet, starting from scratch", last)
+    if ckpt_path is None and t.ctc_warmup_epochs > 0:
+        _ctc_warmup(module, exp, out)
     start = time.time()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)

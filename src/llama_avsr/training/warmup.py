@@ -1,0 +1,248 @@
+"""CTC warm-up of the projectors of frozen-encoder streams (``train.ctc_warmup_epochs``; off in the paper
+recipes).
+
+The paper trains the projectors from random initialisation, end to end, through the LLM. At paper scale
+that costs nothing noticeable, but on a CPU the first few hundred optimiser steps (minutes each hundred)
+go to the LLM learning the corpus' language while it still ignores the random projector tokens. Here,
+before any LLM step, each chosen projector learns with a CTC loss to put its tokens next to the LLM's
+own input embeddings of the tokens being spoken::
+
+    logits_t = s · [b_blank; ê_v]ᵀ · ĥ_t,   ĥ_t = projector(features_t) / ‖·‖,  ê_v = E_v / ‖E_v‖
+    (v over the tokens of the training transcripts; s and b_blank learnt, then discarded)
+
+after which the projector's last layer is scaled so that its outputs have the embeddings' mean norm.
+The LLM then starts from a sequence that already "reads" like noisy text, and the end-to-end training
+(projector + LoRA, the paper's loss) starts from there. It needs no LLM forward pass: the frozen encoder
+runs once per utterance (its features go into the model's feature cache when one is set, where training
+reuses them) and each epoch is a few small matmuls per utterance — seconds on a CPU.
+
+Deterministic for a seed; under data parallelism every rank computes the same warm-up (same data, same
+order), so the replicas stay identical. Resumed runs skip it (the checkpoint holds the trained weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from llama_avsr.data.batch import PAD_LABEL
+from llama_avsr.data.collate import Collator
+from llama_avsr.data.dataset import build_dataloader, load_split
+from llama_avsr.evaluation.metrics import ErrorCounts, align_counts
+from llama_avsr.models.avsr import AVSRModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WarmupReport:
+    """What the warm-up did: per stream the CTC loss of the first and last epoch and the greedy token
+    error rate on the training utterances at the end."""
+
+    streams: list[str]
+    utterances: int
+    skipped: int
+    epochs: float
+    seconds: float
+    first_loss: dict[str, float] = field(default_factory=dict)
+    last_loss: dict[str, float] = field(default_factory=dict)
+    token_error_rate: dict[str, float] = field(default_factory=dict)
+
+
+def warmup_streams(model: AVSRModel, names: list[str] | None) -> list[str]:
+    """The streams to warm up: ``names``, or every stream whose encoder has no trainable parameter."""
+    streams = model.cfg.streams
+    if names is not None:
+        unknown = set(names) - set(streams)
+        if unknown:
+            raise ValueError(
+                f"train.ctc_warmup_streams: unknown streams {sorted(unknown)}; have {list(streams)}"
+            )
+        return list(names)
+    return [
+        n
+        for n, s in streams.items()
+        if not any(p.requires_grad for p in model.encoders[s.encoder].parameters())
+    ]
+
+
+def _targets(row: torch.Tensor, eos: int) -> torch.Tensor:
+    ids = row[row != PAD_LABEL]
+    return ids[:-1] if len(ids) and int(ids[-1]) == eos else ids
+
+
+@torch.no_grad()
+def _collect(
+    model: AVSRModel, exp: Any, streams: list[str]
+) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
+    """Compressed encoder features per stream and transcript token ids, per training utterance (clean
+    inputs: the evaluation transforms)."""
+    from llama_avsr.training.module import audio_variant
+
+    mods = sorted({m for n in streams for m in model.cfg.streams[n].inputs})
+    collator = Collator(model.tokenizer, mods)
+    loader = build_dataloader(
+        load_split(exp.data, "train"),
+        exp.data,
+        collator,
+        "val",  # no augmentation, no shuffling
+        modalities=mods,
+        audio_variant=audio_variant(model),
+    )
+    feats: dict[str, list[torch.Tensor]] = {n: [] for n in streams}
+    targets: list[torch.Tensor] = []
+    eos = collator.eos_id
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(loader, desc="CTC warm-up: features", unit="batch", leave=False):
+            if not len(batch):
+                continue
+            batch = batch.to(model.device)
+            for n in streams:
+                f, lens = model.stream_features(n, batch)
+                feats[n].extend(f[i, : int(lens[i])].float().cpu() for i in range(len(batch)))
+            targets.extend(_targets(batch.target_ids[i], eos).cpu() for i in range(len(batch)))
+    finally:
+        model.train(was_training)
+    return feats, targets
+
+
+def _greedy(log_probs: torch.Tensor, length: int) -> list[int]:
+    best = log_probs[:length].argmax(-1).tolist()
+    out, prev = [], 0
+    for b in best:
+        if b != prev and b != 0:
+            out.append(b)
+        prev = b
+    return out
+
+
+def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
+    """Fit the chosen projectors with CTC against the LLM's input embeddings (module docstring)."""
+    t = exp.train
+    streams = warmup_streams(model, t.ctc_warmup_streams)
+    if not streams:
+        log.warning("CTC warm-up: no stream with a frozen encoder (set train.ctc_warmup_streams); skipped")
+        return WarmupReport([], 0, 0, 0.0, 0.0)
+    start = time.time()
+    feats, targets = _collect(model, exp, streams)
+    # utterances whose transcript is longer than some stream's token sequence cannot be aligned by CTC
+    keep = [
+        i for i, y in enumerate(targets) if len(y) > 0 and all(len(y) <= len(feats[n][i]) for n in streams)
+    ]
+    skipped = len(targets) - len(keep)
+    if skipped:
+        log.warning("CTC warm-up: %d utterance(s) have more tokens than features; left out", skipped)
+    if not keep:
+        raise ValueError("CTC warm-up: no training utterance has at least as many features as tokens")
+    # the output classes: blank (0) + every token of the training transcripts
+    vocab = torch.unique(torch.cat([targets[i] for i in keep]))
+    index = torch.zeros(int(vocab.max()) + 1, dtype=torch.long)
+    index[vocab] = torch.arange(1, len(vocab) + 1)
+    emb = model.llm.get_input_embeddings().weight.detach()[vocab.to(model.device)].float()
+
+    # the LLM's inputs have this norm: projector outputs are trained at it and end there
+    radius = float(emb.norm(dim=-1).mean())
+    unit = F.normalize(emb, dim=-1)
+    gen = torch.Generator().manual_seed(t.seed)
+    bs = t.ctc_warmup_batch_size
+    per_epoch = math.ceil(len(keep) / bs)
+    total = max(1, round(t.ctc_warmup_epochs * per_epoch))
+    report = WarmupReport(streams, len(keep), skipped, t.ctc_warmup_epochs, 0.0)
+    for name in streams:
+        proj = model.projectors[name]
+        blank = nn.Parameter(torch.zeros(emb.shape[1], device=model.device))
+        scale = nn.Parameter(torch.full((), 10.0, device=model.device))  # logits: scale · cosine
+        params = [*(p for p in proj.parameters() if p.requires_grad), blank, scale]
+        opt = torch.optim.AdamW(params, lr=t.ctc_warmup_lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / total)
+        dtype = proj[0].weight.dtype
+        losses: list[float] = []
+        step = 0
+        bar = tqdm(total=total, desc=f"CTC warm-up: {name} projector", unit="step")
+        while step < total:
+            order = [keep[int(j)] for j in torch.randperm(len(keep), generator=gen)]
+            for k in range(0, len(order), bs):
+                if step >= total:
+                    break
+                idx = order[k : k + bs]
+                x = nn.utils.rnn.pad_sequence([feats[name][i] for i in idx], batch_first=True)
+                x_len = torch.tensor([len(feats[name][i]) for i in idx])
+                y = torch.cat([index[targets[i]] for i in idx])
+                y_len = torch.tensor([len(targets[i]) for i in idx])
+                h = F.normalize(proj(x.to(model.device, dtype)).float(), dim=-1)
+                logits = scale * torch.cat([h @ blank[:, None], h @ unit.T], dim=-1)
+                lp = logits.log_softmax(-1).transpose(0, 1)  # (T, B, C)
+                loss = F.ctc_loss(lp, y.to(model.device), x_len, y_len, blank=0, zero_infinity=True)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.close()
+        _match_norm(proj, feats[name], keep, radius)
+        n = min(per_epoch, len(losses))
+        report.first_loss[name] = sum(losses[:n]) / n
+        report.last_loss[name] = sum(losses[-n:]) / n
+        report.token_error_rate[name] = _token_error_rate(
+            proj, blank, unit, feats[name], targets, keep, index
+        )
+        log.info(
+            "CTC warm-up of the %s projector: %d steps, loss %.3f → %.3f, greedy token error rate %.1f %% "
+            "(training utterances)",
+            name,
+            total,
+            report.first_loss[name],
+            report.last_loss[name],
+            100 * report.token_error_rate[name],
+        )
+    report.seconds = time.time() - start
+    return report
+
+
+@torch.no_grad()
+def _match_norm(proj: nn.Module, feats: list[torch.Tensor], keep: list[int], radius: float) -> None:
+    """Scale the projector's last linear layer so its outputs have the embeddings' mean norm: the
+    direction was trained, the norm was free, and tokens far larger than the LLM's embeddings would
+    drown the text tokens in the residual stream."""
+    last = [m for m in proj.modules() if isinstance(m, nn.Linear)][-1]
+    dtype, device = last.weight.dtype, last.weight.device
+    norms = torch.cat([proj(feats[i].to(device, dtype)).float().norm(dim=-1) for i in keep[:200]])
+    factor = radius / float(norms.mean())
+    last.weight.mul_(factor)
+    if last.bias is not None:
+        last.bias.mul_(factor)
+
+
+@torch.no_grad()
+def _token_error_rate(
+    proj: nn.Module,
+    blank: torch.Tensor,
+    emb: torch.Tensor,
+    feats: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    keep: list[int],
+    index: torch.Tensor,
+    limit: int = 200,
+) -> float:
+    total = ErrorCounts()
+    dtype = next(proj.parameters()).dtype
+    for i in keep[:limit]:
+        h = F.normalize(proj(feats[i].to(emb.device, dtype)[None]).float()[0], dim=-1)
+        lp = torch.cat([h @ blank[:, None], h @ emb.T], dim=-1)
+        hyp = [str(c) for c in _greedy(lp, len(lp))]
+        ref = [str(int(c)) for c in index[targets[i]]]
+        total = total + align_counts(ref, hyp)
+    return total.rate

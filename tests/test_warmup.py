@@ -1,0 +1,131 @@
+"""CTC warm-up of frozen-stream projectors (train.ctc_warmup_epochs): it fits only those projectors,
+leaves them at the LLM embeddings' norm, is deterministic, runs before training and not on resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llama_avsr.cli import main
+from llama_avsr.synth import tts
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny_avsr.yaml"
+
+pytestmark = pytest.mark.skipif(not tts.available(), reason="espeak-ng is not installed")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    args = ["synth", "--out", str(out), "--train", "12", "--val", "2", "--test", "2", "--faces", "0"]
+    assert main([*args, "--jobs", "1", "--seed", "3"]) == 0
+    return out
+
+
+def overrides(corpus: Path, out: Path) -> list[str]:
+    return [
+        f"train.out_dir={out}",
+        f"data.root={corpus}",
+        "data.train_csv=synth_train.csv",
+        "data.test_csv=synth_test.csv",
+        "data.val_csv=null",
+    ]
+
+
+def warm_model(corpus: Path, tmp_path: Path, epochs: int = 40):
+    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    exp = ExperimentConfig.load(
+        TINY, overrides(corpus, tmp_path) + [f"train.ctc_warmup_epochs={epochs}", "train.ctc_warmup_lr=1e-2"]
+    )
+    torch.manual_seed(0)
+    model = AVSRLightning(exp).model
+    before = {k: v.clone() for k, v in model.projectors.state_dict().items()}
+    report = ctc_warmup(model, exp)
+    return model, before, report
+
+
+def test_warmup_fits_only_the_frozen_stream_projector_at_the_embedding_norm(corpus, tmp_path):
+    from llama_avsr.data.collate import Collator
+    from llama_avsr.data.dataset import build_dataloader, load_split
+    from llama_avsr.training.config import ExperimentConfig
+
+    model, before, report = warm_model(corpus, tmp_path)
+    # the tiny config's video encoder trains from scratch: only the (frozen) Whisper stream warms up
+    assert report.streams == ["audio"] and report.utterances + report.skipped == 12
+    assert report.last_loss["audio"] < 0.5 * report.first_loss["audio"]
+    after = model.projectors.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("video."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("audio."))
+    # projector outputs end at the mean norm of the LLM's token embeddings (of the corpus' tokens)
+    exp = ExperimentConfig.load(TINY, overrides(corpus, tmp_path))
+    loader = build_dataloader(
+        load_split(exp.data, "train"),
+        exp.data,
+        Collator(model.tokenizer, ["audio"]),
+        "val",
+        modalities=["audio"],
+    )
+    emb = model.llm.get_input_embeddings().weight.float()
+    used = torch.unique(torch.cat([b.target_ids[b.target_ids >= 0] for b in loader]))
+    radius = float(emb[used[used != model.tokenizer.eos_token_id]].norm(dim=-1).mean())
+    with torch.no_grad():
+        norms = torch.cat(
+            [
+                model.projectors["audio"](f[i, : int(n[i])]).norm(dim=-1)
+                for b in loader
+                for f, n in [model.stream_features("audio", b)]
+                for i in range(len(b))
+            ]
+        )
+    assert float(norms.mean()) == pytest.approx(radius, rel=0.02)
+
+
+def test_warmup_is_deterministic(corpus, tmp_path):
+    a, _, ra = warm_model(corpus, tmp_path / "a", epochs=3)
+    b, _, rb = warm_model(corpus, tmp_path / "b", epochs=3)
+    assert ra.last_loss == rb.last_loss
+    for (k, v), w in zip(a.projectors.state_dict().items(), b.projectors.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+
+
+def test_train_warms_up_first_and_a_resume_does_not(corpus, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--config", str(TINY), *overrides(corpus, out), "train.ctc_warmup_epochs=2"]
+    assert main([*args, "train.max_steps=2"]) == 0
+    report = json.loads((out / "ctc_warmup.json").read_text())
+    assert report["streams"] == ["audio"] and report["last_loss"]["audio"] > 0
+    stamp = (out / "ctc_warmup.json").stat().st_mtime_ns
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(TINY),
+                "--resume",
+                *overrides(corpus, out),
+                "train.ctc_warmup_epochs=2",
+                "train.max_steps=3",
+            ]
+        )
+        == 0
+    )
+    assert (out / "ctc_warmup.json").stat().st_mtime_ns == stamp  # the checkpoint's weights, no new warm-up
+
+
+def test_unknown_warmup_stream_is_a_clear_error(corpus, tmp_path):
+    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    exp = ExperimentConfig.load(
+        TINY, overrides(corpus, tmp_path) + ["train.ctc_warmup_epochs=1", "train.ctc_warmup_streams=[lips]"]
+    )
+    with pytest.raises(ValueError, match="ctc_warmup_streams.*lips"):
+        ctc_warmup(AVSRLightning(exp).model, exp)
