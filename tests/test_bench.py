@@ -101,3 +101,35 @@ def test_prompt_once_per_utterance_gives_the_transcripts_of_the_per_beam_search(
     once = model.generate(col(samples), opts)
     assert once == per_beam
     assert once == [model.generate(col([s]), opts)[0] for s in samples]
+
+
+def test_bench_a_model_directory_judges_identity_in_float32(tmp_path):
+    """`--model DIR` benches the directory's model (its config replaces the bench config's model
+    section); with a bf16 LLM the decoding identity is also checked with the LLM upcast to float32,
+    and the bf16 weights are restored afterwards."""
+    from llama_avsr.benchmark.run import Bench
+    from llama_avsr.model_dir import save_pretrained
+    from llama_avsr.models.avsr import AVSRModel
+
+    exp, cfg = load_bench_config(TINY, ["model.llm.dtype=bfloat16"])
+    torch.manual_seed(0)
+    model = AVSRModel(exp.model)
+    save_pretrained(model, tmp_path / "model", exp)
+    bench = Bench(exp, cfg, model)
+    before = {n: p.clone() for n, p in model.llm.named_parameters()}
+    with bench.float32_llm():
+        assert all(p.dtype == torch.float32 for p in model.llm.parameters())
+    after = dict(model.llm.named_parameters())
+    assert all(after[n].dtype == p.dtype and torch.equal(after[n], p) for n, p in before.items())
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "--config", str(TINY), "--model", str(tmp_path / "model"), "--sections", "decode"]
+    assert main([*args, "--out", str(out), "bench.precision=bf16-mixed"]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"]["weights"] == f"model directory {tmp_path / 'model'}"
+    assert report["model"]["llm_dtype"] == "bfloat16"  # from the directory; tiny.yaml has float32
+    dec = report["decode"]
+    assert dec["compute_dtype"] == "bfloat16"
+    assert dec["identical_transcripts_float32"] == dec["utterances"] == 4
+    assert report["targets"]["batched_decoding"]["identical_transcripts_float32"] == "4/4"
+    assert "--model" in report["command"] and "float32" in format_report(report)

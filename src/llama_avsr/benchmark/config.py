@@ -42,6 +42,9 @@ class BenchConfig:
     epoch_utterances: utterances in the feature-cache epochs.
     decode_utterances / decode_batch_size / decode_repeats: the decoding comparison (batch size
         ``None``: ``decode.batch_size``).
+    decode_float32_check: when the LLM computes in bf16 / fp16, also decode one at a time and batched
+        with the LLM upcast to float32 and no autocast, and judge "identical transcripts" there (bf16
+        rounding differs between a padded batch and a lone utterance and flips near-tied beams).
     attention: LLM attention implementations to compare (``flash_attention_2`` only runs on a GPU with
         flash-attn installed).
     compile: also measure the training step with ``torch.compile`` on the LLM decoder.
@@ -65,6 +68,7 @@ class BenchConfig:
     decode_utterances: int = 16
     decode_batch_size: int | None = None
     decode_repeats: int = 1
+    decode_float32_check: bool = True
     attention: list[str] = field(default_factory=lambda: ["sdpa", "eager", "flash_attention_2"])
     compile: bool = False
     data_workers: list[int] = field(default_factory=lambda: [0, 2])

@@ -38,7 +38,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"lightning {v.get('lightning')}; python {env['python']}"
     )
     lines.append(
-        f"model: {'+'.join(model['modalities'])}, LLM {model['llm']} ({model['llm_dtype']}, "
+        f"model: {model.get('weights', 'from the config')}; {'+'.join(model['modalities'])}, "
+        f"LLM {model['llm']} ({model['llm_dtype']}, "
         f"{model['attention']}), {model['trainable_parameters']:,} trainable / {model['parameters']:,}; "
         f"precision {st['precision']}; inputs: {st['inputs']}; times are min/median s over {st['repeats']} runs"
     )
@@ -114,6 +115,11 @@ def format_report(r: dict[str, Any]) -> str:
             f"(RTF {o['real_time_factor']:.2f}), batch {b['batch_size']} {b['utterances_per_s']:.2f} utt/s "
             f"(RTF {b['real_time_factor']:.2f}) = {_x(d['speedup'])}; identical transcripts "
             f"{d['identical_transcripts']}/{d['utterances']}"
+            + (
+                f" ({d['compute_dtype']}), {d['identical_transcripts_float32']}/{d['utterances']} with the LLM in float32"
+                if d.get("identical_transcripts_float32") is not None
+                else ""
+            )
         )
         rows = d.get("gemm_flops_per_s_by_rows", {})
         lines.append(

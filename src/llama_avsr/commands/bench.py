@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shlex
@@ -22,6 +23,12 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="benchmark YAML (e.g. configs/bench/asr-demo.yaml)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="bench this model directory (trained weights; replaces the config's model section, the "
+        "other sections still apply): decoding then runs on real transcripts, not an untrained model's",
+    )
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.add_argument("--device", default=None, help="torch device (overrides bench.device), e.g. cuda")
     p.add_argument("--threads", type=int, default=None, help="torch threads (overrides bench.threads)")
@@ -42,9 +49,16 @@ def run(args: argparse.Namespace) -> int:
     if args.sections:
         overrides.append(f"bench.sections=[{args.sections}]")
     exp, cfg = load_bench_config(args.config, overrides)
-    report = run_bench(exp, cfg)
+    model = weights = None
+    if args.model:
+        from llama_avsr.model_dir import load_model_dir
+
+        model, trained = load_model_dir(args.model)
+        exp = dataclasses.replace(exp, model=trained.model)
+        weights = f"model directory {args.model}"
+    report = run_bench(exp, cfg, model, weights)
     given = ["--config", args.config]
-    for flag in ("out", "device", "threads", "sections"):
+    for flag in ("model", "out", "device", "threads", "sections"):
         if getattr(args, flag) is not None:
             given += [f"--{flag}", str(getattr(args, flag))]
     report["command"] = "llama-avsr bench " + " ".join(shlex.quote(a) for a in [*given, *args.overrides])
