@@ -97,25 +97,12 @@ def test_warmup_is_deterministic(corpus, tmp_path):
 
 def test_train_warms_up_first_and_a_resume_does_not(corpus, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--config", str(TINY), *overrides(corpus, out), "train.ctc_warmup_epochs=2"]
-    assert main([*args, "train.max_steps=2"]) == 0
+    run = ["--config", str(TINY), *overrides(corpus, out), "train.ctc_warmup_epochs=2"]
+    assert main(["train", *run, "train.max_steps=2"]) == 0
     report = json.loads((out / "ctc_warmup.json").read_text())
     assert report["streams"] == ["audio"] and report["last_loss"]["audio"] > 0
     stamp = (out / "ctc_warmup.json").stat().st_mtime_ns
-    assert (
-        main(
-            [
-                "train",
-                "--config",
-                str(TINY),
-                "--resume",
-                *overrides(corpus, out),
-                "train.ctc_warmup_epochs=2",
-                "train.max_steps=3",
-            ]
-        )
-        == 0
-    )
+    assert main(["train", "--resume", *run, "train.max_steps=3"]) == 0
     assert (out / "ctc_warmup.json").stat().st_mtime_ns == stamp  # the checkpoint's weights, no new warm-up
 
 

@@ -116,8 +116,19 @@ def _collect(
     return feats, targets
 
 
-def _greedy(log_probs: torch.Tensor, length: int) -> list[int]:
-    best = log_probs[:length].argmax(-1).tolist()
+def _ctc_logits(
+    proj: nn.Module, x: torch.Tensor, blank: torch.Tensor, unit: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Features (…, T, D) → CTC logits (…, T, 1 + V): scale · cosine of the projector output with the
+    blank vector and the unit-norm token embeddings ``unit`` (V, H)."""
+    ref = next(proj.parameters())
+    h = F.normalize(proj(x.to(ref.device, ref.dtype)).float(), dim=-1)
+    return scale * torch.cat([h @ blank[:, None], h @ unit.T], dim=-1)
+
+
+def _greedy(logits: torch.Tensor) -> list[int]:
+    """Best path of one utterance's (T, C) CTC logits, repeats merged and blanks (0) dropped."""
+    best = logits.argmax(-1).tolist()
     out, prev = [], 0
     for b in best:
         if b != prev and b != 0:
@@ -165,7 +176,6 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
         params = [*(p for p in proj.parameters() if p.requires_grad), blank, scale]
         opt = torch.optim.AdamW(params, lr=t.ctc_warmup_lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / total)
-        dtype = proj[0].weight.dtype
         losses: list[float] = []
         step = 0
         bar = tqdm(total=total, desc=f"CTC warm-up: {name} projector", unit="step")
@@ -179,9 +189,7 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
                 x_len = torch.tensor([len(feats[name][i]) for i in idx])
                 y = torch.cat([index[targets[i]] for i in idx])
                 y_len = torch.tensor([len(targets[i]) for i in idx])
-                h = F.normalize(proj(x.to(model.device, dtype)).float(), dim=-1)
-                logits = scale * torch.cat([h @ blank[:, None], h @ unit.T], dim=-1)
-                lp = logits.log_softmax(-1).transpose(0, 1)  # (T, B, C)
+                lp = _ctc_logits(proj, x, blank, unit, scale).log_softmax(-1).transpose(0, 1)  # (T, B, C)
                 loss = F.ctc_loss(lp, y.to(model.device), x_len, y_len, blank=0, zero_infinity=True)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -197,7 +205,7 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
         report.first_loss[name] = sum(losses[:n]) / n
         report.last_loss[name] = sum(losses[-n:]) / n
         report.token_error_rate[name] = _token_error_rate(
-            proj, blank, unit, feats[name], targets, keep, index
+            proj, blank, unit, scale, feats[name], targets, keep, index
         )
         log.info(
             "CTC warm-up of the %s projector: %d steps, loss %.3f → %.3f, greedy token error rate %.1f %% "
@@ -230,19 +238,18 @@ def _match_norm(proj: nn.Module, feats: list[torch.Tensor], keep: list[int], rad
 def _token_error_rate(
     proj: nn.Module,
     blank: torch.Tensor,
-    emb: torch.Tensor,
+    unit: torch.Tensor,
+    scale: torch.Tensor,
     feats: list[torch.Tensor],
     targets: list[torch.Tensor],
     keep: list[int],
     index: torch.Tensor,
     limit: int = 200,
 ) -> float:
+    """Greedy CTC token error rate of the projector alone on (up to ``limit``) training utterances."""
     total = ErrorCounts()
-    dtype = next(proj.parameters()).dtype
     for i in keep[:limit]:
-        h = F.normalize(proj(feats[i].to(emb.device, dtype)[None]).float()[0], dim=-1)
-        lp = torch.cat([h @ blank[:, None], h @ emb.T], dim=-1)
-        hyp = [str(c) for c in _greedy(lp, len(lp))]
+        hyp = [str(c) for c in _greedy(_ctc_logits(proj, feats[i], blank, unit, scale))]
         ref = [str(int(c)) for c in index[targets[i]]]
         total = total + align_counts(ref, hyp)
     return total.rate
