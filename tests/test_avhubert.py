@@ -115,7 +115,8 @@ def runs(model, golden) -> dict[str, dict[str, torch.Tensor]]:
         "post_extract_proj": m.post_extract_proj,
         "pos_conv": m.encoder.pos_conv,
         "video_resnet_out": m.feature_extractor_video.inner.resnet,
-        "video_frontend3d": m.feature_extractor_video.inner.resnet.frontend3D,
+        # the stem's last module (the per-frame pool): (B·T, C, H, W), sample 0's frames first
+        "video_frontend3d": m.feature_extractor_video.inner.resnet.frontend3D[3],
         **{f"layer{i}": layer for i, layer in enumerate(m.encoder.layers)},
     }
     handles = [mod.register_forward_hook(grab(name)) for name, mod in hooks.items()]
@@ -175,7 +176,7 @@ def test_golden_intermediates(runs, golden, case):
     for key in keys:
         got = r[key]
         if key == "video_frontend3d":  # golden: sample 0, frames 0–1, (C, 2, H, W)
-            got = got[0, :, 0:2]
+            got = got[0:2].transpose(0, 1)
         elif key == "pos_conv":  # captured as (B, D, T)
             got = got.transpose(1, 2)
         torch.testing.assert_close(got, torch.from_numpy(golden[f"{case}__{key}"]), **TOL, msg=key)

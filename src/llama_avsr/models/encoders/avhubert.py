@@ -199,9 +199,12 @@ class ResNetTrunk(nn.Module):
 
 
 class ResEncoder(nn.Module):
-    """Conv3d(1→C0, k=(5,7,7)) + BN3d + act + MaxPool3d stem, then the 2D trunk per frame.
+    """Conv3d(1→C0, k=(5,7,7)) + BN3d + act + max-pool stem, then the 2D trunk per frame.
 
-    (B, 1, T, H, W) → (B, C_last, T).
+    (B, 1, T, H, W) → (B, C_last, T). The reference pools with ``MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))``,
+    which never mixes frames; we fold the frames into the batch first and pool each one with the identical
+    ``MaxPool2d(3, 2, 1)`` in channels-last layout, where PyTorch's CPU kernel is about 9× faster (the trunk
+    then runs channels-last too). Same parameters, same state-dict keys, same result.
     """
 
     def __init__(self, widths: Sequence[int], relu_type: str) -> None:
@@ -211,17 +214,19 @@ class ResEncoder(nn.Module):
             nn.Conv3d(1, c0, kernel_size=(5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
             nn.BatchNorm3d(c0),
             _activation(relu_type, c0),
-            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),  # per frame, see the class docstring
         )
         self.trunk = ResNetTrunk(widths, relu_type)
         self.output_dim = widths[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        x = self.frontend3D(x)  # (B, C0, T, H', W')
+        conv, norm, act, pool = self.frontend3D
+        x = act(norm(conv(x)))  # (B, C0, T, H', W')
         t = x.shape[2]
-        x = x.transpose(1, 2).flatten(0, 1)  # frames folded into the batch: (B·T, C0, H', W')
-        x = self.trunk(x)  # (B·T, C_last)
+        # frames folded into the batch: (B·T, C0, H', W')
+        x = x.transpose(1, 2).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        x = self.trunk(pool(x))  # (B·T, C_last)
         return x.view(b, t, -1).transpose(1, 2)
 
 
