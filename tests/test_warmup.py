@@ -1,5 +1,6 @@
-"""CTC warm-up of frozen-stream projectors (train.ctc_warmup_epochs): it fits only those projectors,
-leaves them at the LLM embeddings' norm, is deterministic, runs before training and not on resume."""
+"""CTC warm-up (train.ctc_warmup_epochs / ctc_warmup_streams): by default it fits only the projectors of
+frozen-encoder streams, leaves them at the LLM embeddings' norm, is deterministic, runs before training
+and not on resume; a trainable stream named in a mapping warms up encoder and projector together."""
 
 from __future__ import annotations
 
@@ -116,3 +117,61 @@ def test_unknown_warmup_stream_is_a_clear_error(corpus, tmp_path):
     )
     with pytest.raises(ValueError, match="ctc_warmup_streams.*lips"):
         ctc_warmup(AVSRLightning(exp).model, exp)
+
+
+def test_a_named_trainable_stream_warms_up_encoder_and_projector(corpus, tmp_path):
+    """``ctc_warmup_streams`` as a mapping: the from-scratch video encoder learns with its projector
+    (the frozen audio stream with 0 epochs is left alone), ending at the embeddings' norm."""
+    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    exp = ExperimentConfig.load(
+        TINY,
+        overrides(corpus, tmp_path)
+        + [
+            "train.ctc_warmup_streams={audio: 0, video: 6}",
+            "train.ctc_warmup_lr=1e-2",
+            "data.train_augment=[]",
+        ],
+    )
+    assert exp.train.ctc_warmup
+    torch.manual_seed(0)
+    model = AVSRLightning(exp).model
+    enc = model.encoders["avhubert"]
+    before_enc = {k: v.clone() for k, v in enc.state_dict().items()}
+    before = {k: v.clone() for k, v in model.projectors.state_dict().items()}
+    report = ctc_warmup(model, exp)
+    assert report.streams == ["video"] and report.epochs == {"video": 6.0}
+    assert report.last_loss["video"] < 0.7 * report.first_loss["video"]
+    assert 0.0 <= report.token_error_rate["video"] <= 1.0
+    after = model.projectors.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("audio."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("video."))
+    trained = [k for k, p in enc.named_parameters() if p.requires_grad]
+    assert trained and any(not torch.equal(before_enc[k], enc.state_dict()[k]) for k in trained)
+    # video tokens end at the LLM embeddings' norm, like the frozen streams' after their warm-up
+    radius = float(model.llm.get_input_embeddings().weight.float().norm(dim=-1).mean())
+    model.eval()
+    from llama_avsr.data.collate import Collator
+    from llama_avsr.data.dataset import build_dataloader, load_split
+
+    loader = build_dataloader(
+        load_split(exp.data, "train"),
+        exp.data,
+        Collator(model.tokenizer, ["video"]),
+        "val",
+        modalities=["video"],
+    )
+    with torch.no_grad():
+        b = next(iter(loader))
+        f, n = model.stream_features("video", b)
+        norms = model.projectors["video"](f[0, : int(n[0])]).norm(dim=-1)
+    assert float(norms.mean()) == pytest.approx(radius, rel=0.3)
+
+
+def test_warmup_mapping_needs_non_negative_epochs(corpus, tmp_path):
+    from llama_avsr.training.config import ExperimentConfig
+
+    with pytest.raises(ValueError, match="ctc_warmup_streams"):
+        ExperimentConfig.load(TINY, overrides(corpus, tmp_path) + ["train.ctc_warmup_streams={video: -1}"])

@@ -203,6 +203,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
+        # the member whose container kind matches the value (e.g. list[str] | dict[str, float])
+        kind = dict if isinstance(value, dict) else list if isinstance(value, list) else None
+        for a in non_none:
+            if kind is not None and (typing.get_origin(a) or a) is kind:
+                return _convert(a, value, where)
         return _convert(non_none[0], value, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):

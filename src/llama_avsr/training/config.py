@@ -62,7 +62,9 @@ class TrainConfig:
         many epochs with a CTC loss against the LLM's own embeddings of the transcript tokens
         (``training/warmup.py``; seconds on a CPU). 0 (the paper): the projectors start random.
     ctc_warmup_lr / ctc_warmup_batch_size: its AdamW learning rate (linear decay to 0) and batch size.
-    ctc_warmup_streams: the streams to warm up (default: every stream whose encoder is frozen).
+    ctc_warmup_streams: the streams to warm up (default: every stream whose encoder is frozen), or a
+        mapping stream → epochs. A stream whose encoder trains (e.g. AV-HuBERT from scratch) is warmed
+        up only when named here: its encoder then learns with the projector (much costlier per epoch).
     """
 
     out_dir: str = "runs/exp"
@@ -97,7 +99,7 @@ class TrainConfig:
     ctc_warmup_epochs: float = 0.0
     ctc_warmup_lr: float = 2e-3
     ctc_warmup_batch_size: int = 16
-    ctc_warmup_streams: list[str] | None = None
+    ctc_warmup_streams: list[str] | dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         bad = set(self.loggers) - set(LOGGERS)
@@ -136,11 +138,22 @@ class TrainConfig:
                 )
         if self.ctc_warmup_epochs < 0 or self.ctc_warmup_batch_size < 1:
             raise ValueError("train.ctc_warmup_epochs must be >= 0 and train.ctc_warmup_batch_size >= 1")
+        if isinstance(self.ctc_warmup_streams, dict) and any(
+            not isinstance(v, (int, float)) or v < 0 for v in self.ctc_warmup_streams.values()
+        ):
+            raise ValueError("train.ctc_warmup_streams: a mapping needs epochs >= 0 for every stream")
         if self.feature_cache and self.sharded:
             raise ValueError(
                 f"train.feature_cache does not work with train.strategy={self.strategy}: a sharded encoder "
                 "must run on every rank at once, a cache hit on one rank and a miss on another would hang"
             )
+
+    @property
+    def ctc_warmup(self) -> bool:
+        """Whether any stream is warmed up before the first LLM step."""
+        if isinstance(self.ctc_warmup_streams, dict):
+            return any(v > 0 for v in self.ctc_warmup_streams.values())
+        return self.ctc_warmup_epochs > 0
 
     @property
     def sharded(self) -> bool:

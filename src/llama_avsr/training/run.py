@@ -220,7 +220,7 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
                 torch.save(consolidate_checkpoint(last), ckpt_path)
         else:
             log.warning("--resume: no %s yet, starting from scratch", last)
-    if ckpt_path is None and t.ctc_warmup_epochs > 0:
+    if ckpt_path is None and t.ctc_warmup:
         _ctc_warmup(module, exp, out)
     start = time.time()
     try:

@@ -1,5 +1,5 @@
-"""CTC warm-up of the projectors of frozen-encoder streams (``train.ctc_warmup_epochs``; off in the paper
-recipes).
+"""CTC warm-up of stream projectors (``train.ctc_warmup_epochs``; off in the paper recipes) — and of
+encoders trained from scratch, when asked.
 
 The paper trains the projectors from random initialisation, end to end, through the LLM. At paper scale
 that costs nothing noticeable, but on a CPU the first few hundred optimiser steps (minutes each hundred)
@@ -16,12 +16,20 @@ The LLM then starts from a sequence that already "reads" like noisy text, and th
 runs once per utterance (its features go into the model's feature cache when one is set, where training
 reuses them) and each epoch is a few small matmuls per utterance — seconds on a CPU.
 
+A stream whose encoder trains (the demo's from-scratch AV-HuBERT, where no pretrained weights ship) can be
+warmed up too, when named in ``train.ctc_warmup_streams``: then encoder and projector learn together with the
+same CTC loss, batch by batch from the training loader (augmentation included), as a stand-in for the
+self-supervised pre-training the paper's encoders bring. It costs an encoder forward and backward per
+utterance and epoch but no LLM pass (about a third of a training step on a CPU), and CTC gives the encoder
+a direct per-frame signal instead of one through the frozen LLM.
+
 Deterministic for a seed; under data parallelism every rank computes the same warm-up (same data, same
 order), so the replicas stay identical. Resumed runs skip it (the checkpoint holds the trained weights).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -50,7 +58,7 @@ class WarmupReport:
     streams: list[str]
     utterances: int
     skipped: int
-    epochs: float
+    epochs: dict[str, float]
     seconds: float
     first_loss: dict[str, float] = field(default_factory=dict)
     last_loss: dict[str, float] = field(default_factory=dict)
@@ -87,6 +95,10 @@ def _collect(
     inputs: the evaluation transforms)."""
     from llama_avsr.training.module import audio_variant
 
+    if not streams:  # only the transcripts' tokens are needed (tokenised as the collator does)
+        texts = [u.text for u in load_split(exp.data, "train")]
+        ids = model.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return {}, [torch.tensor(i, dtype=torch.long) for i in ids]
     mods = sorted({m for n in streams for m in model.cfg.streams[n].inputs})
     collator = Collator(model.tokenizer, mods)
     loader = build_dataloader(
@@ -137,26 +149,35 @@ def _greedy(logits: torch.Tensor) -> list[int]:
     return out
 
 
+def _encoder_trains(model: AVSRModel, name: str) -> bool:
+    return any(p.requires_grad for p in model.encoders[model.cfg.streams[name].encoder].parameters())
+
+
 def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
-    """Fit the chosen projectors with CTC against the LLM's input embeddings (module docstring)."""
+    """Fit the chosen projectors (and trainable encoders) with CTC against the LLM's input embeddings
+    (module docstring)."""
     t = exp.train
     streams = warmup_streams(model, t.ctc_warmup_streams)
     if not streams:
         log.warning("CTC warm-up: no stream with a frozen encoder (set train.ctc_warmup_streams); skipped")
-        return WarmupReport([], 0, 0, 0.0, 0.0)
+        return WarmupReport([], 0, 0, {}, 0.0)
+    streams = [n for n in streams if stream_epochs(t, n) > 0]
     start = time.time()
-    feats, targets = _collect(model, exp, streams)
+    frozen = [n for n in streams if not _encoder_trains(model, n)]
+    trained = [n for n in streams if _encoder_trains(model, n)]
+    feats, targets = _collect(model, exp, frozen)
     # utterances whose transcript is longer than some stream's token sequence cannot be aligned by CTC
     keep = [
-        i for i, y in enumerate(targets) if len(y) > 0 and all(len(y) <= len(feats[n][i]) for n in streams)
+        i for i, y in enumerate(targets) if len(y) > 0 and all(len(y) <= len(feats[n][i]) for n in frozen)
     ]
     skipped = len(targets) - len(keep)
-    if skipped:
+    if skipped and frozen:
         log.warning("CTC warm-up: %d utterance(s) have more tokens than features; left out", skipped)
     if not keep:
         raise ValueError("CTC warm-up: no training utterance has at least as many features as tokens")
     # the output classes: blank (0) + every token of the training transcripts
-    vocab = torch.unique(torch.cat([targets[i] for i in keep]))
+    # (of all of them: a stream trained batch by batch also sees the utterances left out above)
+    vocab = torch.unique(torch.cat([y for y in targets if len(y)]))
     index = torch.zeros(int(vocab.max()) + 1, dtype=torch.long)
     index[vocab] = torch.arange(1, len(vocab) + 1)
     emb = model.llm.get_input_embeddings().weight.detach()[vocab.to(model.device)].float()
@@ -167,15 +188,16 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
     gen = torch.Generator().manual_seed(t.seed)
     bs = t.ctc_warmup_batch_size
     per_epoch = math.ceil(len(keep) / bs)
-    total = max(1, round(t.ctc_warmup_epochs * per_epoch))
-    report = WarmupReport(streams, len(keep), skipped, t.ctc_warmup_epochs, 0.0)
-    for name in streams:
+    report = WarmupReport(streams, len(keep), skipped, {n: stream_epochs(t, n) for n in streams}, 0.0)
+    for name in frozen:
+        epochs = stream_epochs(t, name)
+        total = max(1, round(epochs * per_epoch))
         proj = model.projectors[name]
         blank = nn.Parameter(torch.zeros(emb.shape[1], device=model.device))
         scale = nn.Parameter(torch.full((), 10.0, device=model.device))  # logits: scale · cosine
         params = [*(p for p in proj.parameters() if p.requires_grad), blank, scale]
         opt = torch.optim.AdamW(params, lr=t.ctc_warmup_lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, total=total: 1.0 - s / total)
         losses: list[float] = []
         step = 0
         bar = tqdm(total=total, desc=f"CTC warm-up: {name} projector", unit="step")
@@ -207,17 +229,150 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
         report.token_error_rate[name] = _token_error_rate(
             proj, blank, unit, scale, feats[name], targets, keep, index
         )
-        log.info(
-            "CTC warm-up of the %s projector: %d steps, loss %.3f → %.3f, greedy token error rate %.1f %% "
-            "(training utterances)",
-            name,
-            total,
-            report.first_loss[name],
-            report.last_loss[name],
-            100 * report.token_error_rate[name],
-        )
+        _log_stream(name, "projector", total, report)
+    for name in trained:
+        _warm_trained_stream(model, exp, name, index, unit, radius, report)
     report.seconds = time.time() - start
     return report
+
+
+def stream_epochs(t: Any, name: str) -> float:
+    """Warm-up epochs of stream ``name``: its entry when ``train.ctc_warmup_streams`` is a mapping."""
+    chosen = t.ctc_warmup_streams
+    if isinstance(chosen, dict):
+        return float(chosen[name])
+    return float(t.ctc_warmup_epochs)
+
+
+def _log_stream(name: str, what: str, steps: int, report: WarmupReport) -> None:
+    log.info(
+        "CTC warm-up of the %s %s: %d steps, loss %.3f → %.3f, greedy token error rate %.1f %% "
+        "(training utterances)",
+        name,
+        what,
+        steps,
+        report.first_loss[name],
+        report.last_loss[name],
+        100 * report.token_error_rate[name],
+    )
+
+
+def _warm_trained_stream(
+    model: AVSRModel,
+    exp: Any,
+    name: str,
+    index: torch.Tensor,
+    unit: torch.Tensor,
+    radius: float,
+    report: WarmupReport,
+) -> None:
+    """Encoder + compressor + projector of ``name`` trained together with CTC, from the training loader
+    (augmented, shuffled by epoch), in bf16 autocast when the run trains in bf16."""
+    from llama_avsr.training.module import audio_variant
+
+    t = exp.train
+    scfg = model.cfg.streams[name]
+    mods = list(scfg.inputs)
+    collator = Collator(model.tokenizer, mods)
+    utterances = load_split(exp.data, "train")
+    epochs = stream_epochs(t, name)
+    loaders = [
+        build_dataloader(
+            utterances,
+            exp.data,
+            collator,
+            "train",
+            modalities=mods,
+            epoch=e,
+            audio_variant=audio_variant(model),
+        )
+        for e in range(math.ceil(epochs))
+    ]
+    per_epoch = len(loaders[0]) if loaders else 1
+    total = max(1, round(epochs * per_epoch))
+    encoder, proj = model.encoders[scfg.encoder], model.projectors[name]
+    blank = nn.Parameter(torch.zeros(unit.shape[1], device=model.device))
+    scale = nn.Parameter(torch.full((), 10.0, device=model.device))
+    params = [*(p for m in (encoder, proj) for p in m.parameters() if p.requires_grad), blank, scale]
+    opt = torch.optim.AdamW(params, lr=t.ctc_warmup_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / total)
+    autocast = (
+        torch.autocast(model.device.type, dtype=torch.bfloat16)
+        if str(t.precision).startswith("bf16")
+        else contextlib.nullcontext()
+    )
+    eos = collator.eos_id
+    losses: list[float] = []
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # a few (features, targets) for the error rate
+    was_training = model.training
+    model.train()
+    step = 0
+    bar = tqdm(total=total, desc=f"CTC warm-up: {name} encoder + projector", unit="step")
+    try:
+        for loader in loaders:
+            for batch in loader:
+                if step >= total:
+                    break
+                if not len(batch):
+                    continue
+                batch = batch.to(model.device)
+                ys = [index[_targets(batch.target_ids[i], eos).cpu()] for i in range(len(batch))]
+                with autocast:
+                    f, lens = model.stream_features(name, batch)
+                lp = _ctc_logits(proj, f, blank, unit, scale).log_softmax(-1).transpose(0, 1)
+                loss = F.ctc_loss(
+                    lp,
+                    torch.cat(ys).to(model.device),
+                    lens.cpu(),
+                    torch.tensor([len(y) for y in ys]),
+                    blank=0,
+                    zero_infinity=True,
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if step >= total:
+                break
+        # the error rate and the norm on clean inputs, encoder in eval mode
+        model.eval()
+        with torch.no_grad():
+            check = build_dataloader(
+                utterances[:200],
+                exp.data,
+                collator,
+                "val",
+                modalities=mods,
+                audio_variant=audio_variant(model),
+            )
+            for batch in check:
+                if not len(batch):
+                    continue
+                batch = batch.to(model.device)
+                with autocast:
+                    f, lens = model.stream_features(name, batch)
+                for i in range(len(batch)):
+                    y = index[_targets(batch.target_ids[i], eos).cpu()]
+                    kept.append((f[i, : int(lens[i])].float().cpu(), y))
+    finally:
+        bar.close()
+        model.train(was_training)
+    feats = [k[0] for k in kept]
+    _match_norm(proj, feats, list(range(len(feats))), radius)
+    n = min(per_epoch, len(losses)) or 1
+    report.first_loss[name] = sum(losses[:n]) / n
+    report.last_loss[name] = sum(losses[-n:]) / n
+    total_err = ErrorCounts()
+    with torch.no_grad():
+        for x, y in kept:
+            hyp = [str(c) for c in _greedy(_ctc_logits(proj, x, blank, unit, scale))]
+            total_err = total_err + align_counts([str(int(c)) for c in y], hyp)
+    report.token_error_rate[name] = total_err.rate
+    _log_stream(name, "encoder and projector", total, report)
 
 
 @torch.no_grad()

@@ -203,8 +203,9 @@ class ResEncoder(nn.Module):
 
     (B, 1, T, H, W) → (B, C_last, T). The reference pools with ``MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))``,
     which never mixes frames; we fold the frames into the batch first and pool each one with the identical
-    ``MaxPool2d(3, 2, 1)`` in channels-last layout, where PyTorch's CPU kernel is about 9× faster (the trunk
-    then runs channels-last too). Same parameters, same state-dict keys, same result.
+    ``MaxPool2d(3, 2, 1)`` in channels-last layout, where PyTorch's CPU kernel is about 9× faster. Same
+    parameters, same state-dict keys, same result. (The trunk stays in the default layout: channels-last
+    there gained little and, in float32 with PReLU, crashed oneDNN's backward in a test run.)
     """
 
     def __init__(self, widths: Sequence[int], relu_type: str) -> None:
@@ -224,9 +225,9 @@ class ResEncoder(nn.Module):
         conv, norm, act, pool = self.frontend3D
         x = act(norm(conv(x)))  # (B, C0, T, H', W')
         t = x.shape[2]
-        # frames folded into the batch: (B·T, C0, H', W')
+        # frames folded into the batch: (B·T, C0, H', W'), pooled channels-last, trunk in the default layout
         x = x.transpose(1, 2).flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        x = self.trunk(pool(x))  # (B·T, C_last)
+        x = self.trunk(pool(x).contiguous())  # (B·T, C_last)
         return x.view(b, t, -1).transpose(1, 2)
 
 
