@@ -52,9 +52,16 @@ def warm_model(corpus: Path, tmp_path: Path, epochs: int = 40):
     return model, before, report
 
 
-def test_warmup_fits_only_the_frozen_stream_projector_at_the_embedding_norm(corpus, tmp_path):
+def clean_loader(exp, model, modality: str):
+    """The training utterances of one modality, unaugmented and in order."""
     from llama_avsr.data.collate import Collator
     from llama_avsr.data.dataset import build_dataloader, load_split
+
+    collator = Collator(model.tokenizer, [modality])
+    return build_dataloader(load_split(exp.data, "train"), exp.data, collator, "val", modalities=[modality])
+
+
+def test_warmup_fits_only_the_frozen_stream_projector_at_the_embedding_norm(corpus, tmp_path):
     from llama_avsr.training.config import ExperimentConfig
 
     model, before, report = warm_model(corpus, tmp_path)
@@ -66,13 +73,7 @@ def test_warmup_fits_only_the_frozen_stream_projector_at_the_embedding_norm(corp
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("audio."))
     # projector outputs end at the mean norm of the LLM's token embeddings (of the corpus' tokens)
     exp = ExperimentConfig.load(TINY, overrides(corpus, tmp_path))
-    loader = build_dataloader(
-        load_split(exp.data, "train"),
-        exp.data,
-        Collator(model.tokenizer, ["audio"]),
-        "val",
-        modalities=["audio"],
-    )
+    loader = clean_loader(exp, model, "audio")
     emb = model.llm.get_input_embeddings().weight.float()
     used = torch.unique(torch.cat([b.target_ids[b.target_ids >= 0] for b in loader]))
     radius = float(emb[used[used != model.tokenizer.eos_token_id]].norm(dim=-1).mean())
@@ -153,18 +154,8 @@ def test_a_named_trainable_stream_warms_up_encoder_and_projector(corpus, tmp_pat
     # video tokens end at the LLM embeddings' norm, like the frozen streams' after their warm-up
     radius = float(model.llm.get_input_embeddings().weight.float().norm(dim=-1).mean())
     model.eval()
-    from llama_avsr.data.collate import Collator
-    from llama_avsr.data.dataset import build_dataloader, load_split
-
-    loader = build_dataloader(
-        load_split(exp.data, "train"),
-        exp.data,
-        Collator(model.tokenizer, ["video"]),
-        "val",
-        modalities=["video"],
-    )
     with torch.no_grad():
-        b = next(iter(loader))
+        b = next(iter(clean_loader(exp, model, "video")))
         f, n = model.stream_features("video", b)
         norms = model.projectors["video"](f[0, : int(n[0])]).norm(dim=-1)
     assert float(norms.mean()) == pytest.approx(radius, rel=0.3)

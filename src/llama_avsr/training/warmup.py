@@ -190,50 +190,89 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
     per_epoch = math.ceil(len(keep) / bs)
     report = WarmupReport(streams, len(keep), skipped, {n: stream_epochs(t, n) for n in streams}, 0.0)
     for name in frozen:
-        epochs = stream_epochs(t, name)
-        total = max(1, round(epochs * per_epoch))
+        total = max(1, round(stream_epochs(t, name) * per_epoch))
         proj = model.projectors[name]
-        blank = nn.Parameter(torch.zeros(emb.shape[1], device=model.device))
-        scale = nn.Parameter(torch.full((), 10.0, device=model.device))  # logits: scale · cosine
-        params = [*(p for p in proj.parameters() if p.requires_grad), blank, scale]
-        opt = torch.optim.AdamW(params, lr=t.ctc_warmup_lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, total=total: 1.0 - s / total)
-        losses: list[float] = []
-        step = 0
-        bar = tqdm(total=total, desc=f"CTC warm-up: {name} projector", unit="step")
-        while step < total:
+        fit = _Fit(proj.parameters(), unit, t.ctc_warmup_lr, total, f"CTC warm-up: {name} projector")
+        while not fit.done:
             order = [keep[int(j)] for j in torch.randperm(len(keep), generator=gen)]
             for k in range(0, len(order), bs):
-                if step >= total:
+                if fit.done:
                     break
                 idx = order[k : k + bs]
                 x = nn.utils.rnn.pad_sequence([feats[name][i] for i in idx], batch_first=True)
                 x_len = torch.tensor([len(feats[name][i]) for i in idx])
-                y = torch.cat([index[targets[i]] for i in idx])
-                y_len = torch.tensor([len(targets[i]) for i in idx])
-                lp = _ctc_logits(proj, x, blank, unit, scale).log_softmax(-1).transpose(0, 1)  # (T, B, C)
-                loss = F.ctc_loss(lp, y.to(model.device), x_len, y_len, blank=0, zero_infinity=True)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        bar.close()
+                fit.step(proj, x, x_len, [index[targets[i]] for i in idx])
         _match_norm(proj, feats[name], keep, radius)
-        n = min(per_epoch, len(losses))
-        report.first_loss[name] = sum(losses[:n]) / n
-        report.last_loss[name] = sum(losses[-n:]) / n
-        report.token_error_rate[name] = _token_error_rate(
-            proj, blank, unit, scale, feats[name], targets, keep, index
-        )
-        _log_stream(name, "projector", total, report)
+        fit.finish(name, "projector", per_epoch, proj, feats[name], targets, keep, index, report)
     for name in trained:
         _warm_trained_stream(model, exp, name, index, unit, radius, report)
     report.seconds = time.time() - start
     return report
+
+
+class _Fit:
+    """One stream's CTC fit: the learnt blank vector and logit scale (discarded afterwards), AdamW with a
+    linear decay to 0 over ``total`` steps, the losses and a progress bar."""
+
+    def __init__(self, params: Any, unit: torch.Tensor, lr: float, total: int, desc: str) -> None:
+        self.unit = unit
+        self.blank = nn.Parameter(torch.zeros(unit.shape[1], device=unit.device))
+        self.scale = nn.Parameter(torch.full((), 10.0, device=unit.device))  # logits: scale · cosine
+        trained = [p for p in params if p.requires_grad]
+        self.opt = torch.optim.AdamW([*trained, self.blank, self.scale], lr=lr, weight_decay=0.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0 - s / total)
+        self.total = total
+        self.losses: list[float] = []
+        self.bar = tqdm(total=total, desc=desc, unit="step")
+
+    @property
+    def done(self) -> bool:
+        return len(self.losses) >= self.total
+
+    def step(self, proj: nn.Module, x: torch.Tensor, x_len: torch.Tensor, ys: list[torch.Tensor]) -> None:
+        """One update on features ``x`` (B, T, D) of lengths ``x_len`` and class targets ``ys``."""
+        lp = _ctc_logits(proj, x, self.blank, self.unit, self.scale).log_softmax(-1).transpose(0, 1)
+        y = torch.cat(ys).to(lp.device)
+        y_len = torch.tensor([len(v) for v in ys])
+        loss = F.ctc_loss(lp, y, x_len, y_len, blank=0, zero_infinity=True)  # lp: (T, B, C)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.losses.append(float(loss.detach()))
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{self.losses[-1]:.3f}")
+
+    def finish(
+        self,
+        name: str,
+        what: str,
+        per_epoch: int,
+        proj: nn.Module,
+        feats: list[torch.Tensor],
+        targets: list[torch.Tensor],
+        keep: list[int],
+        index: torch.Tensor,
+        report: WarmupReport,
+    ) -> None:
+        """Losses of the first and last epoch and the greedy token error rate into ``report``; log them."""
+        self.bar.close()
+        n = min(per_epoch, len(self.losses)) or 1
+        report.first_loss[name] = sum(self.losses[:n]) / n
+        report.last_loss[name] = sum(self.losses[-n:]) / n
+        report.token_error_rate[name] = _token_error_rate(
+            proj, self.blank, self.unit, self.scale, feats, targets, keep, index
+        )
+        log.info(
+            "CTC warm-up of the %s %s: %d steps, loss %.3f → %.3f, greedy token error rate %.1f %% "
+            "(training utterances)",
+            name,
+            what,
+            self.total,
+            report.first_loss[name],
+            report.last_loss[name],
+            100 * report.token_error_rate[name],
+        )
 
 
 def stream_epochs(t: Any, name: str) -> float:
@@ -242,19 +281,6 @@ def stream_epochs(t: Any, name: str) -> float:
     if isinstance(chosen, dict):
         return float(chosen[name])
     return float(t.ctc_warmup_epochs)
-
-
-def _log_stream(name: str, what: str, steps: int, report: WarmupReport) -> None:
-    log.info(
-        "CTC warm-up of the %s %s: %d steps, loss %.3f → %.3f, greedy token error rate %.1f %% "
-        "(training utterances)",
-        name,
-        what,
-        steps,
-        report.first_loss[name],
-        report.last_loss[name],
-        100 * report.token_error_rate[name],
-    )
 
 
 def _warm_trained_stream(
@@ -276,79 +302,44 @@ def _warm_trained_stream(
     collator = Collator(model.tokenizer, mods)
     utterances = load_split(exp.data, "train")
     epochs = stream_epochs(t, name)
-    loaders = [
-        build_dataloader(
-            utterances,
-            exp.data,
-            collator,
-            "train",
-            modalities=mods,
-            epoch=e,
-            audio_variant=audio_variant(model),
-        )
-        for e in range(math.ceil(epochs))
-    ]
-    per_epoch = len(loaders[0]) if loaders else 1
+    # one loader, a new shuffle each epoch through its sampler (as Lightning does in training)
+    loader = build_dataloader(
+        utterances, exp.data, collator, "train", modalities=mods, audio_variant=audio_variant(model)
+    )
+    per_epoch = len(loader)
     total = max(1, round(epochs * per_epoch))
-    encoder, proj = model.encoders[scfg.encoder], model.projectors[name]
-    blank = nn.Parameter(torch.zeros(unit.shape[1], device=model.device))
-    scale = nn.Parameter(torch.full((), 10.0, device=model.device))
-    params = [*(p for m in (encoder, proj) for p in m.parameters() if p.requires_grad), blank, scale]
-    opt = torch.optim.AdamW(params, lr=t.ctc_warmup_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / total)
+    proj = model.projectors[name]
+    params = [*model.encoders[scfg.encoder].parameters(), *proj.parameters()]
+    fit = _Fit(params, unit, t.ctc_warmup_lr, total, f"CTC warm-up: {name} encoder + projector")
     autocast = (
         torch.autocast(model.device.type, dtype=torch.bfloat16)
         if str(t.precision).startswith("bf16")
         else contextlib.nullcontext()
     )
     eos = collator.eos_id
-    losses: list[float] = []
-    kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # a few (features, targets) for the error rate
+    feats: list[torch.Tensor] = []  # clean features and transcripts of a few utterances, at the end
+    targets: list[torch.Tensor] = []
     was_training = model.training
     model.train()
-    step = 0
-    bar = tqdm(total=total, desc=f"CTC warm-up: {name} encoder + projector", unit="step")
     try:
-        for loader in loaders:
+        for epoch in range(math.ceil(epochs)):
+            loader.batch_sampler.set_epoch(epoch)
             for batch in loader:
-                if step >= total:
+                if fit.done:
                     break
                 if not len(batch):
                     continue
                 batch = batch.to(model.device)
-                ys = [index[_targets(batch.target_ids[i], eos).cpu()] for i in range(len(batch))]
                 with autocast:
                     f, lens = model.stream_features(name, batch)
-                lp = _ctc_logits(proj, f, blank, unit, scale).log_softmax(-1).transpose(0, 1)
-                loss = F.ctc_loss(
-                    lp,
-                    torch.cat(ys).to(model.device),
-                    lens.cpu(),
-                    torch.tensor([len(y) for y in ys]),
-                    blank=0,
-                    zero_infinity=True,
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if step >= total:
-                break
-        # the error rate and the norm on clean inputs, encoder in eval mode
+                ys = [index[_targets(batch.target_ids[i], eos).cpu()] for i in range(len(batch))]
+                fit.step(proj, f, lens.cpu(), ys)
+        # the norm and the error rate on clean inputs, encoder in eval mode
         model.eval()
+        check = build_dataloader(
+            utterances[:200], exp.data, collator, "val", modalities=mods, audio_variant=audio_variant(model)
+        )
         with torch.no_grad():
-            check = build_dataloader(
-                utterances[:200],
-                exp.data,
-                collator,
-                "val",
-                modalities=mods,
-                audio_variant=audio_variant(model),
-            )
             for batch in check:
                 if not len(batch):
                     continue
@@ -356,23 +347,14 @@ def _warm_trained_stream(
                 with autocast:
                     f, lens = model.stream_features(name, batch)
                 for i in range(len(batch)):
-                    y = index[_targets(batch.target_ids[i], eos).cpu()]
-                    kept.append((f[i, : int(lens[i])].float().cpu(), y))
+                    feats.append(f[i, : int(lens[i])].float().cpu())
+                    targets.append(_targets(batch.target_ids[i], eos).cpu())
     finally:
-        bar.close()
+        fit.bar.close()
         model.train(was_training)
-    feats = [k[0] for k in kept]
-    _match_norm(proj, feats, list(range(len(feats))), radius)
-    n = min(per_epoch, len(losses)) or 1
-    report.first_loss[name] = sum(losses[:n]) / n
-    report.last_loss[name] = sum(losses[-n:]) / n
-    total_err = ErrorCounts()
-    with torch.no_grad():
-        for x, y in kept:
-            hyp = [str(c) for c in _greedy(_ctc_logits(proj, x, blank, unit, scale))]
-            total_err = total_err + align_counts([str(int(c)) for c in y], hyp)
-    report.token_error_rate[name] = total_err.rate
-    _log_stream(name, "encoder and projector", total, report)
+    keep = list(range(len(feats)))
+    _match_norm(proj, feats, keep, radius)
+    fit.finish(name, "encoder and projector", per_epoch, proj, feats, targets, keep, index, report)
 
 
 @torch.no_grad()
