@@ -8,6 +8,9 @@ is read from the models at build time, never from tables keyed by model names.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +31,22 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<audio>", "</audio>", "<video>", "</video>")
 PAD_TOKEN = "<pad>"
 
 MODALITIES: tuple[str, ...] = ("audio", "video")
+
+#: packaged configs: recipes by name (``paper/asr``, ``demo/avsr``) and architectures (``arch/``)
+CONFIG_DIR = Path(__file__).parent / "configs"
+RECIPE_GROUPS: tuple[str, ...] = ("paper", "demo")
+#: where a run writes when neither the recipe nor an override sets ``train.out_dir``
+RUNS_DIR = "runs"
+
+
+class ConfigError(ValueError):
+    """A mistake in a config file or override: reported as one line, without a traceback."""
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass
@@ -229,12 +248,23 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict, with clear errors for unknown keys."""
+    """Build dataclass ``cls`` from a nested dict; an unknown or missing key is a one-line
+    :class:`ConfigError` naming its full dotted path (with "did you mean" for a misspelt key)."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"{where or cls.__name__}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    for key in data:
+        if key not in names:
+            path = f"{where}.{key}" if where else key
+            hint = did_you_mean(str(key), names) or f"; {where or cls.__name__} has {', '.join(names)}"
+            raise ConfigError(f"unknown config key {path!r}{hint}")
+    required = [
+        f.name
+        for f in fields
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if required:
+        raise ConfigError(f"missing config key {(f'{where}.' if where else '') + required[0]!r}")
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -253,7 +283,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if nxt is None:
             nxt = cur[p] = {}
         if not isinstance(nxt, dict):
-            raise ValueError(f"override {key!r}: {p!r} is not a mapping")
+            raise ConfigError(f"override {key!r}: {p!r} is not a mapping")
         cur = nxt
     cur[parts[-1]] = value
 
@@ -262,7 +292,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply ``key.path=value`` overrides; values are parsed as YAML (``1e-3``, ``true``, ``[1,2]``)."""
     for ov in overrides:
         if "=" not in ov:
-            raise ValueError(f"override {ov!r} must look like key.path=value")
+            raise ConfigError(f"override {ov!r} must look like key.path=value (e.g. train.lr=5e-4)")
         key, raw = ov.split("=", 1)
         set_dotted(data, key.strip(), yaml.safe_load(raw))
     return data
@@ -272,11 +302,170 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with path.open() as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping")
+        raise ConfigError(f"{path}: a config file must hold a mapping")
     return data
+
+
+# --------------------------------------------------------------------------------------------------
+# recipes by name
+
+
+def list_recipes() -> list[str]:
+    """Names of the packaged recipes (``paper/asr``, ``demo/avsr``, …)."""
+    return sorted(
+        f"{g}/{p.stem}" for g in RECIPE_GROUPS for p in (CONFIG_DIR / g).glob("*.yaml") if p.is_file()
+    )
+
+
+def find_recipe(name: str | Path) -> Path:
+    """A config file by path, or a packaged recipe by name (``paper/asr``; ``.yaml`` optional)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    rel = str(name).removesuffix(".yaml")
+    cand = CONFIG_DIR / f"{rel}.yaml"
+    if rel.split("/")[0] in RECIPE_GROUPS and cand.is_file():
+        return cand
+    recipes = list_recipes()
+    raise ConfigError(
+        f"config {str(name)!r} is neither a file nor a packaged recipe{did_you_mean(rel, recipes)}; "
+        f"recipes: {', '.join(recipes)}"
+    )
+
+
+def recipe_name(path: str | Path) -> str:
+    """The name runs are called after: ``paper-asr`` for a packaged recipe, the file stem otherwise."""
+    path = Path(path).resolve()
+    try:
+        return "-".join(path.relative_to(CONFIG_DIR.resolve()).with_suffix("").parts)
+    except ValueError:
+        return path.stem
+
+
+def load_recipe(name: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a recipe (name or path), apply ``key.path=value`` overrides, and name the output folder
+    ``runs/<recipe>`` unless the recipe or an override sets ``train.out_dir``."""
+    path = find_recipe(name)
+    data = apply_overrides(load_yaml(path), overrides or [])
+    train = data.setdefault("train", {}) if data.get("train") is None else data["train"]
+    if isinstance(train, dict) and train.get("out_dir") is None:
+        train["out_dir"] = f"{RUNS_DIR}/{recipe_name(path)}"
+    return data
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    """A resolved config as YAML that ``--config`` reads back (keys in declaration order)."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# every key, with type, default and help
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One config key: dotted path, type, default (``None`` when required) and help text."""
+
+    key: str
+    type: str
+    default: str
+    help: str
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
+    return str(tp).replace("typing.", "")
+
+
+_DOC_ENTRY = re.compile(r"^\s{0,4}((?:``\w+``|\w+)(?:\s*/\s*(?:``\w+``|\w+))*)\s*:\s+(.*)$")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Help for each field of ``cls``: ``name: text`` entries of its docstring (``a / b: text`` documents
+    several), or the ``#:`` comment above the field, or a ``# comment`` after it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    docs: dict[str, str] = {}
+    current: list[str] = []
+    for line in inspect.cleandoc(cls.__doc__ or "").splitlines()[1:]:
+        m = _DOC_ENTRY.match(line)
+        keys = [k.strip().strip("`") for k in m.group(1).split("/")] if m else []
+        if keys and set(keys) <= names:
+            current = keys
+            for k in keys:
+                docs[k] = m.group(2).strip()
+        elif current and line.startswith(" ") and line.strip():
+            for k in current:
+                docs[k] += " " + line.strip()
+        else:
+            current = []
+    try:
+        source = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return docs
+    comment: list[str] = []
+    for line in source:
+        text = line.strip()
+        if text.startswith("#:"):
+            comment.append(text[2:].strip())
+            continue
+        m = re.match(r"^(\w+)\s*:[^#]*(?:#\s*(.*))?$", text)
+        if m and m.group(1) in names and m.group(1) not in docs:
+            if comment or m.group(2):
+                docs[m.group(1)] = " ".join(comment) or m.group(2).strip()
+        comment = []
+    return docs
+
+
+def _default_text(f: dataclasses.Field) -> str | None:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return None
+    if dataclasses.is_dataclass(value):
+        return None  # its own keys are listed
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
+
+
+def config_keys(cls: type, prefix: str = "") -> list[KeyInfo]:
+    """Every key of the dataclass ``cls`` (nested ones dotted), with type, default and help.
+    Mappings of sub-configs (``model.encoders``) list their entries' keys under ``<name>``."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    out: list[KeyInfo] = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        args = typing.get_args(tp)
+        sub = next((a for a in (tp, *args) if dataclasses.is_dataclass(a)), None)
+        if typing.get_origin(tp) is dict and args and dataclasses.is_dataclass(args[1]):
+            out.append(KeyInfo(key, f"mapping of {args[1].__name__}", "(required)", docs.get(f.name, "")))
+            out += config_keys(args[1], f"{key}.<name>.")
+        elif sub is not None:
+            if type(None) in args:
+                out.append(KeyInfo(key, f"{sub.__name__} | null", "", docs.get(f.name, "")))
+            out += config_keys(sub, f"{key}.")
+        else:
+            default = _default_text(f)
+            out.append(
+                KeyInfo(key, _type_name(tp), "(required)" if default is None else default, docs.get(f.name, ""))
+            )
+    return out
 
 
 def torch_dtype(name: str):

@@ -166,8 +166,13 @@ def results_table(by_label: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def plot_wer_vs_snr(by_label: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> None:
-    """WER against SNR, one line per model; clean is drawn at the right end."""
-    import matplotlib
+    """WER against SNR, one line per model; clean is drawn at the right end (needs matplotlib, which
+    ``pip install llama-avsr[demo]`` brings; without it the plot is skipped)."""
+    try:
+        import matplotlib
+    except ImportError:
+        log.info("matplotlib not installed: %s not drawn (pip install 'llama-avsr[demo]')", path)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

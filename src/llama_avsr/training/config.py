@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llama_avsr.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from llama_avsr.config import ConfigError, ModelConfig, from_dict, load_recipe, to_dict
 from llama_avsr.data.config import DataConfig
 from llama_avsr.decoding.options import DecodingOptions
 
@@ -170,14 +170,21 @@ class ExperimentConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-        """Read a YAML experiment config and apply ``key.path=value`` overrides."""
-        return cls.from_dict(apply_overrides(load_yaml(path), overrides or []))
+        """Read an experiment config (a YAML path or a packaged recipe name such as ``paper/asr``) and
+        apply ``key.path=value`` overrides; ``train.out_dir`` defaults to ``runs/<recipe>``."""
+        return cls.from_dict(load_recipe(path, overrides))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        """Build from a nested dict; any invalid value is a one-line :class:`ConfigError`."""
         if "model" not in data:
-            raise ValueError("an experiment config needs a `model:` section")
-        return from_dict(cls, data)
+            raise ConfigError("an experiment config needs a `model:` section")
+        try:
+            return from_dict(cls, data)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise ConfigError(" ".join(str(e).split())) from e
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
