@@ -240,10 +240,17 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is dict:
         _, item = typing.get_args(tp) or (Any, Any)
         return {k: _convert(item, v, f"{where}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int | str) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, str):
-        return int(value)
+    try:
+        if tp is float and isinstance(value, int | str) and not isinstance(value, bool):
+            return float(value)
+        if tp is int and isinstance(value, str):
+            return int(value)
+    except ValueError:
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    if tp in (int, float, bool, str) and value is not None and not isinstance(value, tp):
+        if not (tp is float and isinstance(value, int)) and not (tp is str and isinstance(value, int | float)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return str(value) if tp is str else value
     return value
 
 
@@ -256,7 +263,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     for key in data:
         if key not in names:
             path = f"{where}.{key}" if where else key
-            hint = did_you_mean(str(key), names) or f"; {where or cls.__name__} has {', '.join(names)}"
+            prefix = f"{where}." if where else ""
+            hint = did_you_mean(str(key), names).replace(" '", f" '{prefix}", 1) or (
+                f"; {where or cls.__name__} has {', '.join(names)}"
+            )
             raise ConfigError(f"unknown config key {path!r}{hint}")
     required = [
         f.name
@@ -294,7 +304,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} must look like key.path=value (e.g. train.lr=5e-4)")
         key, raw = ov.split("=", 1)
-        set_dotted(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {ov!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from e
+        set_dotted(data, key.strip(), value)
     return data
 
 

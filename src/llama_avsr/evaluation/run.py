@@ -148,7 +148,7 @@ def evaluate(
     merged[label] = summary
     all_file.write_text(json.dumps(merged, indent=2))
     plot_wer_vs_snr({k: v["by_snr"] for k, v in merged.items()}, out / "wer_vs_snr.png")
-    log.info("\n%s", results_table({label: results}))
+    log.debug("\n%s", results_table({label: results}))  # the commands print it
     return summary
 
 

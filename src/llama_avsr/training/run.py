@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
+from llama_avsr.logs import tidy_library_loggers
 from llama_avsr.model_dir import save_model_dir
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.training.config import ExperimentConfig
@@ -40,6 +41,7 @@ from llama_avsr.training.distributed import (
 from llama_avsr.training.module import AVSRData, AVSRLightning
 
 log = logging.getLogger(__name__)
+tidy_library_loggers()  # Lightning's import attached its own handler: one line per record, not two
 
 
 def _loggers(exp: ExperimentConfig, out: Path) -> list[Any]:
