@@ -56,7 +56,9 @@ class HelpFormatter(argparse.HelpFormatter):
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         paras = text.split("\n\n")
         return "\n\n".join(
-            p if "\n" in p.strip("\n") else textwrap.fill(p, width, initial_indent=indent, subsequent_indent=indent)
+            p
+            if "\n" in p.strip("\n")
+            else textwrap.fill(p, width, initial_indent=indent, subsequent_indent=indent)
             for p in paras
         )
 
@@ -65,9 +67,12 @@ class HelpFormatter(argparse.HelpFormatter):
         default = action.default
         if (
             "default" in text.lower()
-            or default in (None, False, argparse.SUPPRESS)
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
             or (isinstance(default, list) and not default)
             or not action.option_strings
+            or isinstance(action, argparse._CountAction)
         ):
             return text
         return f"{text} (default: %(default)s)"
@@ -75,7 +80,11 @@ class HelpFormatter(argparse.HelpFormatter):
 
 def add_verbosity(parser: argparse.ArgumentParser, default: object = 0) -> None:
     parser.add_argument(
-        "-v", "--verbose", action="count", default=default, help="-v: info messages; -vv: debug, libraries' too"
+        "-v",
+        "--verbose",
+        action="count",
+        default=default,
+        help="-v: info messages; -vv: debug, libraries' too",
     )
 
 
@@ -153,7 +162,9 @@ def entry() -> int:
     """The ``llama-avsr`` console script: :func:`main` with the native libraries' stderr chatter
     filtered out (``-vv`` keeps it)."""
     argv = sys.argv[1:]
-    verbosity = sum(len(a) - 1 for a in argv if a[:2] == "-v" and set(a[1:]) == {"v"}) + argv.count("--verbose")
+    verbosity = sum(len(a) - 1 for a in argv if a[:2] == "-v" and set(a[1:]) == {"v"}) + argv.count(
+        "--verbose"
+    )
     if verbosity < 2:
         from llama_avsr.logs import filter_native_stderr
 

@@ -248,7 +248,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     except ValueError:
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
     if tp in (int, float, bool, str) and value is not None and not isinstance(value, tp):
-        if not (tp is float and isinstance(value, int)) and not (tp is str and isinstance(value, int | float)):
+        if not (tp is float and isinstance(value, int)) and not (
+            tp is str and isinstance(value, int | float)
+        ):
             raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
         return str(value) if tp is str else value
     return value
@@ -271,7 +273,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     required = [
         f.name
         for f in fields
-        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
     ]
     if required:
         raise ConfigError(f"missing config key {(f'{where}.' if where else '') + required[0]!r}")
@@ -307,7 +311,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {ov!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from e
+            raise ConfigError(
+                f"override {ov!r}: the value is not valid YAML ({str(e).splitlines()[0]})"
+            ) from e
         set_dotted(data, key.strip(), value)
     return data
 
@@ -477,7 +483,9 @@ def config_keys(cls: type, prefix: str = "") -> list[KeyInfo]:
         else:
             default = _default_text(f)
             out.append(
-                KeyInfo(key, _type_name(tp), "(required)" if default is None else default, docs.get(f.name, ""))
+                KeyInfo(
+                    key, _type_name(tp), "(required)" if default is None else default, docs.get(f.name, "")
+                )
             )
     return out
 

@@ -17,6 +17,11 @@ DESCRIPTION = (
     "Each speed-up is measured against the paper-exact path in the same run: Whisper on 30 s padding, "
     "no feature cache, one utterance at a time, the prompt run once per beam, eager attention, fp32."
 )
+EXAMPLES = """\
+llama-avsr bench --config configs/bench/asr-demo.yaml -o bench-asr-demo.json
+llama-avsr bench --config configs/bench/gpu.yaml --device cuda --sections train,decode
+llama-avsr bench --config configs/bench/asr-demo.yaml --model runs/demo-asr/model --sections decode
+"""
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="bench this model directory (trained weights; replaces the config's model section, the "
         "other sections still apply): decoding then runs on real transcripts, not an untrained model's",
     )
-    p.add_argument("--out", default=None, help="write the JSON report here")
-    p.add_argument("--device", default=None, help="torch device (overrides bench.device), e.g. cuda")
+    p.add_argument("-o", "--out", default=None, help="write the JSON report here")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device, overriding bench.device: auto (a GPU when there is one), cpu, cuda",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (overrides bench.threads)")
     p.add_argument("--sections", default=None, help="comma-separated subset of the sections to run")
     p.add_argument(
@@ -43,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     if args.device:
-        overrides.append(f"bench.device={args.device}")
+        from llama_avsr.commands import resolve_device
+
+        overrides.append(f"bench.device={resolve_device(args.device)}")
     if args.threads:
         overrides.append(f"bench.threads={args.threads}")
     if args.sections:

@@ -11,6 +11,12 @@ DESCRIPTION = (
     "results.json and wer_vs_snr.png; they are also merged into the model directory's results.json."
 )
 
+EXAMPLES = """\
+llama-avsr eval --model runs/paper-avsr/model --snr clean,10,5,0,-5
+llama-avsr eval --model models/vsr-released --root /data/lrs3 --csv lrs3_test_transcript_lengths_seg24s_LLM_lowercase.csv
+llama-avsr eval --model runs/demo-avsr/model --noise-file babble_noise.wav --snr 0 -o eval/babble0
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -27,11 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="longest transcript in tokens")
     p.add_argument("--label", default=None, help="name of this model in tables and plots")
     p.add_argument(
+        "-o",
         "--out",
         default=None,
         help="output folder (default: <model>/eval; ./eval/<owner>__<name> for a hub repo id)",
     )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
+    p.add_argument(
+        "--device", default="auto", help="torch device: auto (a GPU when there is one), cpu, cuda:0, …"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
     dec = exp.decode
     dchanges = {"num_beams": args.beams, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}
     dec = dataclasses.replace(dec, **{k: v for k, v in dchanges.items() if v is not None})
+    from llama_avsr.commands import resolve_device
     from llama_avsr.evaluation.run import results_table
 
     summary = evaluate_model_dir(
-        args.model, data, args.out, parse_snrs(args.snr), "test", dec, args.label, args.device
+        args.model, data, args.out, parse_snrs(args.snr), "test", dec, args.label, resolve_device(args.device)
     )
     print(results_table({summary["label"]: summary["by_snr"]}))  # noqa: T201
     return 0

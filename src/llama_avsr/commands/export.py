@@ -10,20 +10,24 @@ import tempfile
 
 HELP = "export a model directory: merge the LLM LoRA for deployment (--merge-lora) and/or push it to the hub"
 DESCRIPTION = (
-    HELP + ". MODEL is a model directory or a hub repository id (owner/name). With --merge-lora the LoRA "
+    HELP + ". --model is a model directory or a hub repository id (owner/name). With --merge-lora the LoRA "
     "adapters are merged into the LLM weights and the LLM is written as a complete Hugging Face folder "
     "(<out>/llm, safetensors): the result loads and transcribes like the original, without PEFT. "
     "--push-to-hub OWNER/NAME uploads the result (a token from `hf auth login` or HF_TOKEN)."
 )
+EXAMPLES = """\
+llama-avsr export --model runs/paper-avsr/model --merge-lora -o deploy/avsr
+llama-avsr export --model runs/paper-avsr/model --push-to-hub me/llama-avsr-lrs3 --private
+"""
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model directory or hub repository id (owner/name)")
-    p.add_argument("--out", default=None, help="directory to write (required unless --push-to-hub)")
+    p.add_argument("--model", required=True, help="model directory or hub repository id (owner/name)")
+    p.add_argument("-o", "--out", default=None, help="directory to write (required unless --push-to-hub)")
     p.add_argument("--merge-lora", action="store_true", help="merge the LLM LoRA into the base weights")
-    p.add_argument("--revision", default=None, help="branch, tag or commit when MODEL is a hub repository")
+    p.add_argument("--revision", default=None, help="branch, tag or commit when --model is a hub repository")
     p.add_argument(
         "--push-to-hub", metavar="REPO_ID", default=None, help="upload the result to this repository"
     )

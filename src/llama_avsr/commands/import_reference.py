@@ -9,14 +9,18 @@ import sys
 
 HELP = "import a released Llama-AVSR checkpoint (.pth, reference key layout) into a model directory"
 DESCRIPTION = (
-    HELP + ". The recipe (--config: a paper recipe such as configs/paper/vsr.yaml, or any experiment "
-    "YAML, optionally followed by key.path=value overrides) must describe the architecture the checkpoint was trained with. "
+    HELP + ". The recipe (--config: a packaged recipe such as paper/vsr, or any experiment YAML; "
+    "key.path=value overrides may follow) must describe the architecture the checkpoint was trained with. "
     "Projector, LLM LoRA (lora_down → LoRA A, lora_up → LoRA B, scaling alpha/reduction) and AV-HuBERT LoRA "
     "tensors are mapped and checked (every trainable tensor present, every shape equal); the frozen base "
     "weights the file also carries are ignored and taken from the recipe's named base models (the rows "
     "of the added special tokens and AV-HuBERT's BatchNorm statistics excepted). The file is read with "
     "torch.load(weights_only=True): no pickled code runs. Then: llama-avsr eval --model OUT ..."
 )
+EXAMPLES = """\
+llama-avsr import-reference VSR_AVH-L_Llama3.1-8B_lrs3vox_down3_seed42.pth --config paper/vsr -o models/vsr-released
+llama-avsr import-reference my_run.pth --config paper/avsr -o models/mine model.llm.source=meta-llama/Llama-2-7b-hf
+"""
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         required=True,
-        nargs="+",
-        metavar=("RECIPE", "KEY=VALUE"),
-        help="recipe / experiment YAML the checkpoint was trained with, then optional key.path=value overrides",
+        help="recipe name (paper/asr|vsr|avsr) or experiment YAML it was trained with",
     )
-    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("-o", "--out", required=True, help="model directory to write")
     p.add_argument(
         "--skip-base-check",
         action="store_true",
         help="do not compare the file's frozen weights with the named base models (faster on 8B models)",
     )
     p.add_argument("--json", action="store_true", help="print the import report as JSON")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides of the recipe")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from llama_avsr.training.config import ExperimentConfig
 
     try:
-        exp = ExperimentConfig.load(args.config[0], args.config[1:])
+        exp = ExperimentConfig.load(args.config, args.overrides)
         _, report = import_reference(args.checkpoint, exp, args.out, check_base=not args.skip_base_check)
     except (ReferenceCheckpointError, ModelDirError, FileNotFoundError) as e:
         print(f"import-reference: {e}", file=sys.stderr)  # noqa: T201

@@ -11,12 +11,20 @@ DESCRIPTION = (
     "paper-size models (Llama-3.1-8B, Whisper-medium, AV-HuBERT Large) are counted instantly. The last "
     "line, `trainable: N`, gives the exact integer."
 )
+EXAMPLES = """\
+llama-avsr params --config paper/avsr
+llama-avsr params --config paper/asr model.llm.lora.reduction=32 model.streams.audio.compression.ratio=4
+"""
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="experiment YAML (its `model:` section is used)")
+    p.add_argument(
+        "--config",
+        required=True,
+        help="recipe name (paper/asr, …) or experiment YAML (its `model:` section is used)",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. model.llm.lora.reduction=32")
 
 
@@ -25,11 +33,16 @@ def _fmt(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llama_avsr.config import ModelConfig, apply_overrides, from_dict, load_yaml
+    from llama_avsr.config import ConfigError, ModelConfig, from_dict, load_recipe
     from llama_avsr.models.avsr import AVSRModel
 
-    data = apply_overrides(load_yaml(args.config), args.overrides)
-    cfg = from_dict(ModelConfig, data["model"], "model")
+    data = load_recipe(args.config, args.overrides)
+    if not isinstance(data.get("model"), dict):
+        raise ConfigError(f"{args.config}: a config needs a `model:` section")
+    try:
+        cfg = from_dict(ModelConfig, data["model"], "model")
+    except (ValueError, TypeError) as e:
+        raise ConfigError(" ".join(str(e).split())) from e
     model = AVSRModel(cfg, meta=True)
     rows = []
     for group, mod in (("encoders", model.encoders), ("projectors", model.projectors), ("llm", model.llm)):

@@ -23,6 +23,10 @@ Test sentences never occur in training, and some adjective-noun combinations are
 The same --seed gives the same sentences, audio (bit-identical) and rendered lip frames whatever --jobs
 is. Needs espeak-ng (apt-get install espeak-ng).
 """
+EXAMPLES = """\
+llama-avsr synth -o corpus --train 1000 --val 100 --test 100
+llama-avsr synth -o faces --train 0 --val 0 --test 20 --faces 20   # full-face raw videos for `prepare`
+"""
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +45,9 @@ def _positive(value: str) -> int:
     return n
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the description's layout listing as written; show defaults."""
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = _Formatter
     parser.add_argument(
+        "-o",
         "--out",
         required=True,
         help="output folder (created if needed; files of the same names are overwritten)",

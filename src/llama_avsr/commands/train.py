@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", default=None, help="run folder (sets train.out_dir)")
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.ckpt")
     p.add_argument(
-        "--print-config", action="store_true", help="print the resolved config as YAML and exit (trains nothing)"
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML and exit (trains nothing)",
     )
     p.add_argument("overrides", nargs="*", help="key.path=value overrides (YAML values)")
 

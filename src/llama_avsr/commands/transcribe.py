@@ -14,6 +14,10 @@ DESCRIPTION = (
     "`llama-avsr prepare` (face detection, mouth ROI, 16 kHz audio); an audio file (wav, flac, mp3, …) "
     "works with audio-only models. Files that cannot be used are reported and skipped."
 )
+EXAMPLES = """\
+llama-avsr transcribe --model runs/paper-avsr/model my_video.mp4 interview.mp4
+llama-avsr transcribe --model runs/demo-asr/model speech.wav --json
+"""
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", default="mediapipe-mesh", help="face detector backend for raw videos")
     p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's decode config)")
     p.add_argument("--snr", type=float, default=None, help="add babble noise at this SNR in dB (testing)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
+    p.add_argument(
+        "--device", default="auto", help="torch device: auto (a GPU when there is one), cpu, cuda:0, …"
+    )
 
 
 def load_inputs(path: Path, modalities: list[str], prepared: bool, detector: str):
@@ -75,11 +81,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from llama_avsr.commands import resolve_device
     from llama_avsr.data.collate import Collator
     from llama_avsr.data.transforms import build_transforms
     from llama_avsr.model_dir import load_model_dir
     from llama_avsr.training.module import audio_variant
 
+    args.device = resolve_device(args.device)
     model, exp = load_model_dir(args.model, device=args.device)
     mods = model.cfg.modalities
     data = dataclasses.replace(exp.data, decode_snr_target=args.snr)
