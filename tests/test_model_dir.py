@@ -207,13 +207,13 @@ def test_export_command_merges_and_copies(trained, tmp_path):
     from llama_avsr.cli import main
 
     _, path = trained
-    assert main(["export", str(path), "--merge-lora", "--out", str(tmp_path / "m")]) == 0
+    assert main(["export", "--model", str(path), "--merge-lora", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "llm" / "config.json").is_file()
-    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "copy")]) == 0  # plain copy
+    assert main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "copy")]) == 0  # plain copy
     assert json.loads((tmp_path / "copy" / "provenance.json").read_text())["merged_from"] == str(path)
     assert (tmp_path / "copy" / "results.json").is_file()
     assert load_experiment(tmp_path / "copy").model.llm.source == str((tmp_path / "copy" / "llm").resolve())
-    assert main(["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
+    assert main(["export", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ def test_push_merged_export_through_cli(trained, local_hub, tmp_path):
 
     cache, _ = local_hub
     _, path = trained
-    assert main(["export", str(path), "--merge-lora", "--push-to-hub", "tester/merged"]) == 0
+    assert main(["export", "--model", str(path), "--merge-lora", "--push-to-hub", "tester/merged"]) == 0
     merged, exp = load_model_dir("tester/merged")  # ./llm resolves inside the downloaded snapshot
     assert exp.model.llm.source.startswith(str(cache.resolve()))
 

@@ -20,7 +20,7 @@ THIRD_PARTY = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_li
                "huggingface_hub.utils", "peft", "torch", "fsspec", "urllib3", "huggingface_hub", "matplotlib", "PIL", "absl")  # fmt: skip
 #: lines that native code writes straight to file descriptor 2 (not Python log records)
 NATIVE_SPAM = re.compile(
-    rb"^(?:[IW]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|INFO: Created TensorFlow Lite"
+    rb"^(?:[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\]|INFO: Created TensorFlow Lite"
     rb"|WARNING: All log messages before absl::InitializeLog)"
 )
 _PREFIXES = (b"I0", b"W0", b"INFO: ", b"WARNING: All")

@@ -12,7 +12,10 @@ DESCRIPTION = (
     "and write <out>/<dataset>/<rel>.mp4 (96×96 gray, 25 fps), <rel>.wav (16 kHz mono) and "
     "<out>/labels/<dataset>.csv (dataset,rel_path,frames,0,text; text from <stem>.txt beside the video, "
     "empty when there is none). Finished outputs are skipped on a re-run; bad inputs are skipped and "
-    "reported (<out>/labels/<dataset>.prepare.json) unless --fail-fast."
+    "reported (<out>/labels/<dataset>.prepare.json) unless --fail-fast. With --splits FILE, "
+    "--split-by-folder or --split-ratio it also writes <dataset>_train.csv, _val.csv and _test.csv beside "
+    "the CSV (for data.train_csv / val_csv / test_csv), optionally without train/val utterances longer "
+    "than --max-seconds (the published seg16s label files' length filter; the test split stays whole)."
 )
 EXAMPLES = """\
 llama-avsr prepare videos/ -o corpus --dataset mine --split-ratio 0.9,0.05,0.05 --max-seconds 16
@@ -63,12 +66,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--report", type=Path, help="JSON report path (default <out>/labels/<dataset>.prepare.json)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    split = p.add_argument_group("train / val / test label files")
+    how = split.add_mutually_exclusive_group()
+    how.add_argument(
+        "--splits",
+        type=Path,
+        metavar="FILE",
+        help="a split file: one '<train|val|test> <rel_path>' line a video",
+    )
+    how.add_argument(
+        "--split-by-folder",
+        action="store_true",
+        help="the first folder of each output path names its split (LRS3: pretrain/trainval → train, test)",
+    )
+    how.add_argument(
+        "--split-ratio",
+        metavar="TRAIN,VAL,TEST",
+        help="deal whole speakers (the folder holding each video) to the splits in these proportions",
+    )
+    split.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the speaker shuffle (--split-ratio)"
+    )
+    split.add_argument(
+        "--max-seconds", type=float, default=None, help="leave train/val utterances longer than this out"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from llama_avsr.prepare.detectors import DetectorUnavailable
     from llama_avsr.prepare.pipeline import PrepareError, PrepareOptions, RoiConfig, prepare_corpus
 
+    splitting = args.splits or args.split_by_folder or args.split_ratio
+    if args.max_seconds is not None and not splitting:
+        log.error(
+            "--max-seconds filters the train/val splits: add --splits, --split-by-folder or --split-ratio"
+        )
+        return 2
     inputs: list[Path] = list(args.inputs)
     if args.list:
         lines = args.list.read_text(encoding="utf-8").splitlines()
@@ -101,4 +134,37 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, DetectorUnavailable) as e:
         log.error("%s", e)
         return 2
-    return 0 if report.counts()["done"] + report.counts()["exists"] > 0 or not report.items else 1
+    ok = report.counts()["done"] + report.counts()["exists"] > 0 or not report.items
+    if ok and splitting:
+        try:
+            write_split_files(args, options)
+        except ValueError as e:
+            log.error("%s", e)
+            return 2
+    return 0 if ok else 1
+
+
+def write_split_files(args: argparse.Namespace, options) -> None:
+    from llama_avsr.media import VIDEO_FPS
+    from llama_avsr.prepare import splits
+    from llama_avsr.prepare.pipeline import _atomic_write_text
+
+    csv = options.csv_path
+    rel = [
+        line.split(",", 4)[1] for line in csv.read_text(encoding="utf-8").splitlines() if line.count(",") >= 4
+    ]
+    if args.splits:
+        assign = splits.by_file(rel, args.splits)
+    elif args.split_by_folder:
+        assign = splits.by_folder(rel)
+    else:
+        try:
+            ratios = tuple(float(x) for x in args.split_ratio.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--split-ratio takes three numbers like 0.9,0.05,0.05, got {args.split_ratio!r}"
+            ) from None
+        assign = splits.by_ratio(rel, ratios, args.split_seed)  # type: ignore[arg-type]
+    max_frames = None if args.max_seconds is None else int(args.max_seconds * VIDEO_FPS)
+    report = splits.write_splits(csv, assign, max_frames=max_frames, write=_atomic_write_text)
+    print(f"{report.summary()} ({', '.join(report.files.values())})")  # noqa: T201
