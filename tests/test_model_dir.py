@@ -209,7 +209,9 @@ def test_export_command_merges_and_copies(trained, tmp_path):
     _, path = trained
     assert main(["export", "--model", str(path), "--merge-lora", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "llm" / "config.json").is_file()
-    assert main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "copy")]) == 0  # plain copy
+    assert (
+        main(["export", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "copy")]) == 0
+    )  # plain copy
     assert json.loads((tmp_path / "copy" / "provenance.json").read_text())["merged_from"] == str(path)
     assert (tmp_path / "copy" / "results.json").is_file()
     assert load_experiment(tmp_path / "copy").model.llm.source == str((tmp_path / "copy" / "llm").resolve())
