@@ -83,6 +83,8 @@ class EncoderConfig:
 class CompressionConfig:
     """Frame compression before the projector: ``stack`` k frames (dim·k) or ``avg-pool`` them (dim).
 
+    kind: ``stack`` (concatenate k consecutive frames, the paper) or ``avg-pool`` (average them).
+    ratio: k, frames per LLM token (paper: audio 3 for ASR, 4 for AVSR; video 3 for VSR, 2 for AVSR).
     ``remainder``: what to do with the last T mod k frames — ``drop`` them (the reference) or
     ``pad`` them with zeros to a full group.
     """
@@ -100,7 +102,11 @@ class CompressionConfig:
 
 @dataclass
 class ProjectorConfig:
-    """Linear(dim_in → hidden) → ReLU → Linear(hidden → H_llm) [→ LayerNorm(H_llm)]."""
+    """Linear(dim_in → hidden) → ReLU → Linear(hidden → H_llm) [→ LayerNorm(H_llm)].
+
+    hidden: width of the projector's hidden layer (paper: 2048).
+    layernorm: end with a LayerNorm over the LLM width (the reference's ``layernorm_projector``).
+    """
 
     hidden: int = 2048
     layernorm: bool = False
@@ -113,6 +119,13 @@ class StreamConfig:
     The usual streams are ``audio`` (inputs [audio]) and ``video`` (inputs [video]).  The
     ``audiovisual_avhubert`` mode with one shared projector is a single stream with inputs
     [audio, video] on one AV-HuBERT and no delimiter tokens, as in the reference.
+
+    encoder: name of the encoder (a key of ``model.encoders``) that reads this stream's inputs.
+    inputs: batch fields fed to the encoder: ``[audio]``, ``[video]`` or ``[audio, video]``.
+    compression: frames per LLM token and how they merge.
+    projector: the MLP from encoder features to LLM embeddings.
+    begin_token / end_token: tokens around the stream's tokens in the LLM input (``<audio>`` …
+        ``</audio>``); both ``null`` for none.
     """
 
     encoder: str
@@ -136,6 +149,12 @@ class LoRAConfig:
 
     r = hidden_size / reduction, scaling = alpha / reduction (paper: reduction 64, alpha 8 → r 64 and
     scaling 0.125 on a 4096-wide model).  Implemented with PEFT: ``lora_alpha = scaling · r``.
+
+    reduction: r = LLM hidden size / reduction (the reference's ``reduction_lora``; paper 64).
+    alpha: scaling = alpha / reduction (paper 8).
+    targets: LLM linear layers that get LoRA (paper: ``q_proj``, ``v_proj``).
+    dropout: LoRA dropout.
+    rank: r itself, overriding hidden/reduction when set.
     """
 
     reduction: int = 64
@@ -162,6 +181,9 @@ class LLMConfig:
     tokenizer: where the tokenizer comes from when it differs from ``source`` (random-weight builds).
     dtype: storage dtype of the frozen LLM weights (``float32``, ``bfloat16``).
     lora: LoRA on q/v; ``None`` trains only the projectors (reference ``add_PETF_LLM None``).
+    gradient_checkpointing: recompute the LLM's activations in the backward pass (less memory, one
+        more forward pass of the LLM per step).
+    attn_implementation: transformers attention: ``sdpa``, ``eager`` or ``flash_attention_2``.
     """
 
     source: str | None = "smollm2-135m"
@@ -185,6 +207,7 @@ class ModelConfig:
     streams: ordered; LLM input = BOS, stream tokens in this order, prompt, transcript, EOS.
     prompt: ``None`` picks the paper's prompt from the modalities the streams read.
     sink_loss_factor: weight of the attention-sink loss (follow-up paper); 0 disables it.
+    sink_loss_layers: LLM layers whose hidden states the sink loss reads (default: every intermediate one).
     """
 
     encoders: dict[str, EncoderConfig]

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DecodingOptions:
+    #: beam width of beam search (paper: 15; 1 = greedy)
     num_beams: int = 15
+    #: longest transcript in LLM tokens (paper: 32)
     max_new_tokens: int = 32
+    #: beam scores are divided by length ** length_penalty (Hugging Face's; > 1 favours longer outputs)
     length_penalty: float = 1.0
     #: decode in batches of this many utterances (sorted by length to limit padding)
     batch_size: int = 16

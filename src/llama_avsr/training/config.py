@@ -29,11 +29,15 @@ class TrainConfig:
     """Optimisation and run settings [paper: AdamW β (0.9, 0.98), lr 1e-3 (ASR/AVSR) or 5e-4 (VSR),
     weight decay 0.1, warm-up + cosine per step, 10 epochs, bf16, average of the last epochs].
 
-    out_dir: run directory (checkpoints/, logs/, model/, results).
+    out_dir: run directory (checkpoints/, logs/, model/, results); ``runs/<recipe>`` when a recipe
+        leaves it unset (``train -o DIR`` sets it).
+    epochs: passes over the training data (paper: 10).
+    lr / weight_decay / betas: AdamW's learning rate, weight decay and betas (paper: 1e-3 or 5e-4, 0.1,
+        [0.9, 0.98]).
     max_steps: stop after this many optimiser steps (-1: run ``epochs``); the schedule spans it.
     max_minutes: wall-clock budget; training stops cleanly when it is spent (the schedule still
         spans ``max_steps``/``epochs``, so set those to what fits).
-    warmup_steps: linear warm-up; then cosine from ``lr`` down to ``lr · min_lr_ratio``.
+    warmup_steps / min_lr_ratio: linear warm-up; then cosine from ``lr`` down to ``lr · min_lr_ratio``.
     schedule: ``steps`` — the cosine spans ``max_steps`` (or ``epochs``); ``time`` — it spans the
         ``max_minutes`` budget (progress = training time used / budget), so a time-limited run such
         as the demo always ends at the low learning rate whatever the machine's speed.
@@ -54,7 +58,11 @@ class TrainConfig:
     average_last: average the trainable weights of the last N checkpoints into the final model.
     checkpoint_every_steps: also checkpoint every N steps (0: only at epoch ends).
     val_every_steps: validate every N optimiser steps (0: at epoch ends; validation needs ``data.val_csv``).
+    log_every_steps: log the loss and learning rate every N optimiser steps.
     loggers: any of tensorboard, csv, wandb (``WANDB_MODE=offline`` works without a network).
+    seed: seeds model initialisation and Lightning's generators.
+    eval_at_end: after training, evaluate the final model on ``data.test_csv`` (table printed, results
+        beside the model).
     feature_cache: ``memory`` or a folder: compute the features of frozen encoders once and reuse them
         in later epochs (only for modalities left out of ``data.train_augment``; see
         ``models/feature_cache.py``). ``None``: encode every step.
@@ -91,7 +99,6 @@ class TrainConfig:
     loggers: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
     seed: int = 42
     eval_at_end: bool = True
-    compile: bool = False
     feature_cache: str | None = None
     fsdp_sharding: str = "FULL_SHARD"
     fsdp_cpu_offload: bool = False
