@@ -23,6 +23,8 @@ llama-avsr config show paper/vsr data.root=/data/lrs3 train.devices=8
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from llama_avsr.cli import HelpFormatter, add_verbosity
+
     sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     keys = sub.add_parser("keys", help="every config key with type, default and help")
     keys.add_argument(
@@ -33,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     show = sub.add_parser("show", help="the resolved config of a recipe with overrides, as YAML")
     show.add_argument("config", help="recipe name (paper/asr, demo/avsr, …) or YAML path")
     show.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    for q in (keys, show, sub.choices["recipes"]):
+        q.formatter_class = HelpFormatter
+        add_verbosity(q, default=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
