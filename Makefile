@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev,dlib]'
+	$(PIP) install -e '.[dev,prepare,demo,dlib]'
 	$(PIP) install --no-deps $(EMBEDDED)
 	touch $@
 
