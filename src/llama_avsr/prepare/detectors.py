@@ -95,7 +95,7 @@ class MediaPipeDetector(Detector):
             fd = mp.solutions.face_detection
         except (ImportError, AttributeError) as e:
             raise DetectorUnavailable(
-                f"mediapipe face detection unavailable ({e}); install mediapipe==0.10.21"
+                f"mediapipe face detection unavailable ({e}); pip install 'llama-avsr[prepare]' (mediapipe==0.10.21)"
             ) from e
         self._mp = mp
         self._models = {
