@@ -92,6 +92,7 @@ def train(corpus: Path, out: Path, *overrides: str, resume: bool = False) -> Run
         sys.executable,
         "-m",
         "llama_avsr.cli",
+        "-v",  # info: "model written to" (and Lightning's lines, each once)
         "train",
         "--config",
         str(TINY),
