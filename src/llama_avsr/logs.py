@@ -94,10 +94,17 @@ class _NativeStderrFilter:
             # a partial line that cannot start a native log line (a progress bar) goes out now
             if pending and not any(p.startswith(pending[: len(p)]) for p in _PREFIXES):
                 out, pending = out + pending, b""
-            if out:
-                os.write(self.real, out)
-        if pending and not NATIVE_SPAM.match(pending):
-            os.write(self.real, pending)
+            self._write(out)
+        if not NATIVE_SPAM.match(pending):
+            self._write(pending)
+
+    def _write(self, data: bytes) -> None:
+        # keep draining the pipe whatever happens to the real stderr: a full pipe would block every writer
+        try:
+            while data:
+                data = data[os.write(self.real, data) :]
+        except OSError:
+            pass
 
     def close(self) -> None:
         sys.stderr.flush()

@@ -77,6 +77,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        log.warning("bench report written to %s", args.out)
+        log.info("bench report written to %s", args.out)
     print(format_report(report))  # noqa: T201
     return 0
