@@ -19,7 +19,7 @@ DESCRIPTION = (
 )
 EXAMPLES = """\
 llama-avsr prepare videos/ -o corpus --dataset mine --split-ratio 0.9,0.05,0.05 --max-seconds 16
-llama-avsr prepare /data/lrs3/trainval /data/lrs3/test --root /data/lrs3 -o lrs3 --dataset lrs3 --split-by-folder -j 8
+llama-avsr prepare /data/LRS3 -o lrs3 --dataset lrs3 --split-by-folder --max-seconds 16 -j 8
 llama-avsr prepare --list files.txt --root /data/vox2 -o corpus --dataset vox2 --splits splits.txt
 """
 
