@@ -131,12 +131,12 @@ def test_field_docs_reads_docstring_entries_and_comments():
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("train.lrr=1e-3", "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
+        ("train.lrr=1e-3", "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
         (
             "model.llm.lora.alhpa=3",
-            "unknown config key 'model.llm.lora.alhpa' (did you mean 'model.llm.lora.alpha'?)",
+            "unknown key 'model.llm.lora.alhpa' (did you mean 'model.llm.lora.alpha'?)",
         ),
-        ("trian.lr=1", "unknown config key 'trian' (did you mean 'train'?)"),
+        ("trian.lr=1", "unknown key 'trian' (did you mean 'train'?)"),
         ("train.epochs=ten", "train.epochs: expected int, got 'ten'"),
         ("train.eval_at_end=3", "train.eval_at_end: expected bool, got 3"),
         ("train.lr=[1", "override 'train.lr=[1': the value is not valid YAML"),

@@ -292,7 +292,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
             hint = did_you_mean(str(key), names).replace(" '", f" '{prefix}", 1) or (
                 f"; {where or cls.__name__} has {', '.join(names)}"
             )
-            raise ConfigError(f"unknown config key {path!r}{hint}")
+            raise ConfigError(f"unknown key {path!r}{hint}")
     required = [
         f.name
         for f in fields
