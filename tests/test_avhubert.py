@@ -36,6 +36,10 @@ from llama_avsr.models.encoders.avhubert_features import (
 )
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
+# intermediates after the video ResNet: float32 convolutions sum in a kernel- and thread-dependent order
+# (oneDNN picks by CPU and load), seen 1.06e-5 apart on 1 of 4096 values of a layer-normed feature; a
+# real porting error moves them by orders of magnitude more
+TOL_INTERMEDIATE = {"atol": 5e-5, "rtol": 1e-4}
 GOLDEN = Path(os.environ.get("LLAMA_AVSR_GOLDEN", Path(__file__).parent / "data" / "avhubert_golden"))
 CASES = {"video_only": ("video",), "audio_only": ("audio",), "audio_video": ("audio", "video")}
 PRETRAINING_KEYS = ("mask_emb", "label_embs_concat", "final_proj.")
@@ -179,7 +183,12 @@ def test_golden_intermediates(runs, golden, case):
             got = got[0:2].transpose(0, 1)
         elif key == "pos_conv":  # captured as (B, D, T)
             got = got.transpose(1, 2)
-        torch.testing.assert_close(got, torch.from_numpy(golden[f"{case}__{key}"]), **TOL, msg=key)
+        torch.testing.assert_close(
+            got,
+            torch.from_numpy(golden[f"{case}__{key}"]),
+            **TOL_INTERMEDIATE,
+            msg=lambda m, key=key: f"{key}: {m}",
+        )
 
 
 @needs_golden
