@@ -218,7 +218,11 @@ def mouth_shape(
     w = halfwidth * (1.0 + 0.32 * (wd - 0.5) - 0.22 * rd)
     wi = w * (0.9 - 0.3 * rd)  # rounding narrows the opening more than the lips
     h = s * open_gain * 24.0 * op * (1 + 0.2 * rd)
-    hu, hl = 0.38 * h, 0.62 * h
+    # near-closed consonants that show the teeth (f/v on the lower lip, s/z, t/d/n, sh) lift the upper lip
+    # off the upper teeth: without it such a narrow opening blurs away and f/v looks like p/b/m
+    lift = s * open_gain * 3.5 * th * np.clip(1 - op / 0.3, 0, 1)
+    hu, hl = 0.38 * h + lift, 0.62 * h
+    h = h + lift
     expo = 2.6 - 1.0 * rd  # spread lips give a flat opening, rounded ones an oval
     x = _X * w
     inner = np.maximum(0.0, 1 - np.clip(np.abs(x) / wi, 0, 1) ** expo) ** 0.55
@@ -475,4 +479,27 @@ def render_face(track: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         m[:, 2] += walk[i, :2]
         frame = cv2.warpAffine(frame, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         out[i] = np.clip(frame + rng.normal(0, 1.5, frame.shape), 0, 255).astype(np.uint8)
+    return out
+
+
+#: viseme classes in a fixed order (the class indices of :func:`frame_visemes`)
+VISEMES: tuple[str, ...] = tuple(_V)
+
+
+def frame_visemes(phonemes: list[tuple[str, float, float]], n_frames: int, fps: float = 25.0) -> np.ndarray:
+    """The viseme class (index into :data:`VISEMES`) being articulated at each frame's centre: (F,) int64.
+
+    A two-class phoneme (a diphthong) gives its first class in its first half and its second after; frames
+    outside every phoneme are silence."""
+    out = np.full(n_frames, VISEMES.index("sil"), np.int64)
+    centres = (np.arange(n_frames) + 0.5) / fps
+    for name, start, end in phonemes:
+        classes = visemes_of(name)
+        inside = (centres >= start) & (centres < end)
+        if len(classes) == 2:
+            first = centres < 0.5 * (start + end)
+            out[inside & first] = VISEMES.index(classes[0])
+            out[inside & ~first] = VISEMES.index(classes[1])
+        else:
+            out[inside] = VISEMES.index(classes[0])
     return out
