@@ -284,3 +284,48 @@ def test_bad_arguments(corpus: Path) -> None:
         AVDataset([], ["audio"], on_error="ignore")
     with pytest.raises(ValueError, match="no transform"):
         AVDataset([], ["audio", "video"], {"audio": lambda x, g: x})
+
+
+def test_modality_dropout_blanks_one_modality_per_item(corpus: Path) -> None:
+    """Training items lose at most one modality, at the configured rates; the blanked input is the
+    evaluation blank (zeros of the same shape) and the other modality is untouched."""
+    items = utts(corpus)[:2]
+    clean = AVDataset(items, ["audio", "video"])
+    dropped = AVDataset(
+        items * 100, ["audio", "video"], modality_dropout={"audio": 0.3, "video": 0.5}, seed=3
+    )
+    counts = {"audio": 0, "video": 0}
+    for i in range(len(dropped)):
+        s, ref = dropped[i], clean[i % 2]
+        assert len(s.get("blanked", [])) <= 1
+        for m in ("audio", "video"):
+            assert s[m].shape == ref[m].shape
+            if m in s.get("blanked", []):
+                counts[m] += 1
+                assert torch.count_nonzero(s[m]) == 0
+            else:
+                assert torch.equal(s[m], ref[m])
+    assert 40 <= counts["audio"] <= 80 and 80 <= counts["video"] <= 120, counts  # 60 and 100 expected
+    # a single-modality dataset ignores the other modality's rate and never blanks its only input
+    video_only = AVDataset(items * 20, ["video"], modality_dropout={"audio": 0.5})
+    assert all("blanked" not in video_only[i] for i in range(len(video_only)))
+
+
+def test_modality_dropout_in_training_only_and_blanking_at_eval(corpus: Path) -> None:
+    cfg = DataConfig(
+        root=str(corpus), test_csv="test.csv", train_csv="test.csv", max_frames=1000, num_workers=0,
+        modality_dropout={"video": 0.9}, blank_modalities=["audio"], train_augment=[],
+    )  # fmt: skip
+    collator = Collator(CharTokenizer(), ["audio", "video"])
+    items = utts(corpus)
+    test = [b for b in build_dataloader(items, cfg, collator, "test")]
+    assert all(torch.count_nonzero(b.inputs["audio"]) == 0 for b in test)
+    assert all(torch.count_nonzero(b.inputs["video"]) > 0 for b in test)
+    train = [b for b in build_dataloader(items * 5, cfg, collator, "train")]
+    assert all(torch.count_nonzero(b.inputs["audio"]) > 0 for b in train)
+    blank_videos = sum(int((b.inputs["video"].flatten(1).abs().sum(1) == 0).sum()) for b in train)
+    assert blank_videos >= 12  # of 20 items at p = 0.9
+    with pytest.raises(ValueError, match="modality_dropout"):
+        DataConfig(modality_dropout={"audio": 0.6, "video": 0.5})
+    with pytest.raises(ValueError, match="blank_modalities"):
+        DataConfig(blank_modalities=["text"])

@@ -30,6 +30,13 @@ class DataConfig:
     train_augment: modalities augmented in training (audio: time mask + noise at ``train_snrs``; video:
         random crop + time mask). A modality left out gets the clean evaluation pipeline in training
         too, which makes the features of a frozen encoder reading it cacheable (``train.feature_cache``).
+    modality_dropout: per-utterance probabilities, in training, that a modality's input is blanked
+        (``{audio: 0.25, video: 0.25}``): one uniform draw per utterance drops at most one modality, so
+        the model must read whichever stream is left (the LLM cannot lean on the audio alone and ignore
+        the video). Blanked = what :attr:`blank_modalities` feeds at evaluation.
+    blank_modalities: modalities blanked at validation / test (``[audio]`` evaluates a model with the
+        video alone): video frames become zeros after normalisation (a uniform mean-gray frame, no
+        mouth), audio becomes silence; lengths are kept, so the token layout does not change.
     decode_snr_target: SNR of the noise added at validation / test; ``None`` = clean.
     seed: seeds the batch order (with the epoch) and the augmentation generators.
     on_error: ``skip`` logs and drops unreadable items, ``raise`` fails on the first one.
@@ -46,6 +53,8 @@ class DataConfig:
     noise_file: str | None = None
     train_snrs: list[float | None] = field(default_factory=lambda: list(PAPER_TRAIN_SNRS))
     train_augment: list[str] = field(default_factory=lambda: ["audio", "video"])
+    modality_dropout: dict[str, float] = field(default_factory=dict)
+    blank_modalities: list[str] = field(default_factory=list)
     decode_snr_target: float | None = None
     seed: int = 0
     on_error: str = "skip"
@@ -63,6 +72,17 @@ class DataConfig:
             raise ValueError(f"data.on_error must be 'skip' or 'raise', got {self.on_error!r}")
         if set(self.train_augment) - {"audio", "video"}:
             raise ValueError(f"data.train_augment: modalities are audio and video, got {self.train_augment}")
+        for what, mods in (
+            ("modality_dropout", self.modality_dropout),
+            ("blank_modalities", self.blank_modalities),
+        ):
+            if set(mods) - {"audio", "video"}:
+                raise ValueError(f"data.{what}: modalities are audio and video, got {list(mods)}")
+        probs = self.modality_dropout.values()
+        if any(not 0.0 <= p < 1.0 for p in probs) or sum(probs) >= 1.0:
+            raise ValueError(
+                f"data.modality_dropout: probabilities in [0, 1) summing to less than 1, got {self.modality_dropout}"
+            )
         if not self.train_snrs:
             raise ValueError("data.train_snrs must hold at least one level (null = clean)")
 

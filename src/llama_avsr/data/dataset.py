@@ -92,6 +92,9 @@ class AVDataset(Dataset):
     on_error: ``skip`` (log, return :class:`SkippedItem`) or ``raise``.
     seed: seeds the augmentation generator in the main process; in a DataLoader worker the generator is
         seeded from the worker's seed (set by the DataLoader's generator) mixed with ``seed``.
+    modality_dropout: modality → probability that an item's input is blanked (at most one modality per
+        item; ``DataConfig.modality_dropout``). blank: modalities blanked in every item.
+    Items in which a modality was blanked list them under ``"blanked"``.
     """
 
     def __init__(
@@ -101,6 +104,8 @@ class AVDataset(Dataset):
         transforms: Mapping[str, Transform] | None = None,
         on_error: str = "skip",
         seed: int = 0,
+        modality_dropout: Mapping[str, float] | None = None,
+        blank: Sequence[str] = (),
     ) -> None:
         bad = set(modalities) - set(MODALITIES)
         if bad or not modalities:
@@ -120,6 +125,10 @@ class AVDataset(Dataset):
         self.transforms = dict(transforms)
         self.on_error = on_error
         self.seed = seed
+        self.modality_dropout = {
+            m: p for m, p in (modality_dropout or {}).items() if m in self.modalities and p > 0
+        }
+        self.blank = [m for m in blank if m in self.modalities]
         self._gen: torch.Generator | None = None
         self._gen_owner: int | None = None
 
@@ -184,6 +193,17 @@ class AVDataset(Dataset):
             except ValueError as e:  # e.g. frames too small to crop: a property of the file
                 path = utt.video if m == "video" else utt.audio_source()
                 raise media.MediaError(f"{path}: {m} transform failed ({e})") from e
+        blanked = list(self.blank)
+        if self.modality_dropout:
+            u, acc = float(torch.rand((), generator=g)), 0.0
+            for m, p in self.modality_dropout.items():
+                if acc <= u < acc + p and m not in blanked:
+                    blanked.append(m)
+                acc += p
+        for m in blanked:
+            sample[m] = blank_input(sample[m])
+        if blanked:
+            sample["blanked"] = blanked
         return sample
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
@@ -195,6 +215,12 @@ class AVDataset(Dataset):
             utt = self.utterances[index]
             log.warning("skipping utterance %s: %s", utt.id, e)
             return SkippedItem(utt.id, str(e))
+
+
+def blank_input(x: torch.Tensor) -> torch.Tensor:
+    """A modality's transformed input with the signal removed, same shape: zeros are silence for audio
+    and, after the video normalisation, a uniform mean-gray frame (no mouth) for video."""
+    return torch.zeros_like(x)
 
 
 def cut_or_pad(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -248,13 +274,22 @@ def build_dataloader(
     mods = list(modalities)
     if transforms is None:
         transforms = build_transforms(split, mods, cfg, audio_variant)
-    dataset = AVDataset(utterances, mods, transforms, on_error=cfg.on_error, seed=mix_seed(cfg.seed, rank))
+    train = split == "train"
+    dataset = AVDataset(
+        utterances,
+        mods,
+        transforms,
+        on_error=cfg.on_error,
+        seed=mix_seed(cfg.seed, rank),
+        modality_dropout=cfg.modality_dropout if train else None,
+        blank=() if train else cfg.blank_modalities,
+    )
     sampler = FrameBudgetBatchSampler(
         dataset.lengths,
         cfg.max_frames,
         num_buckets=cfg.num_buckets,
         max_batch_size=cfg.max_batch_size,
-        shuffle=split == "train",
+        shuffle=train,
         seed=cfg.seed,
         num_replicas=world_size,
         rank=rank,

@@ -30,6 +30,7 @@ order), so the replicas stay identical. Resumed runs skip it (the checkpoint hol
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -82,6 +83,12 @@ def warmup_streams(model: AVSRModel, names: list[str] | None) -> list[str]:
     ]
 
 
+def _data(exp: Any) -> Any:
+    """The data config for the warm-up: every input present (CTC cannot transcribe a blanked stream), so
+    without modality dropout and evaluation blanking."""
+    return dataclasses.replace(exp.data, modality_dropout={}, blank_modalities=[])
+
+
 def _targets(row: torch.Tensor, eos: int) -> torch.Tensor:
     ids = row[row != PAD_LABEL]
     return ids[:-1] if len(ids) and int(ids[-1]) == eos else ids
@@ -96,14 +103,14 @@ def _collect(
     from llama_avsr.training.module import audio_variant
 
     if not streams:  # only the transcripts' tokens are needed (tokenised as the collator does)
-        texts = [u.text for u in load_split(exp.data, "train")]
+        texts = [u.text for u in load_split(_data(exp), "train")]
         ids = model.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return {}, [torch.tensor(i, dtype=torch.long) for i in ids]
     mods = sorted({m for n in streams for m in model.cfg.streams[n].inputs})
     collator = Collator(model.tokenizer, mods)
     loader = build_dataloader(
-        load_split(exp.data, "train"),
-        exp.data,
+        load_split(_data(exp), "train"),
+        _data(exp),
         collator,
         "val",  # no augmentation, no shuffling
         modalities=mods,
@@ -300,11 +307,12 @@ def _warm_trained_stream(
     scfg = model.cfg.streams[name]
     mods = list(scfg.inputs)
     collator = Collator(model.tokenizer, mods)
-    utterances = load_split(exp.data, "train")
+    data = _data(exp)
+    utterances = load_split(data, "train")
     epochs = stream_epochs(t, name)
     # one loader, a new shuffle each epoch through its sampler (as Lightning does in training)
     loader = build_dataloader(
-        utterances, exp.data, collator, "train", modalities=mods, audio_variant=audio_variant(model)
+        utterances, data, collator, "train", modalities=mods, audio_variant=audio_variant(model)
     )
     per_epoch = len(loader)
     total = max(1, round(epochs * per_epoch))
@@ -337,7 +345,7 @@ def _warm_trained_stream(
         # the norm and the error rate on clean inputs, encoder in eval mode
         model.eval()
         check = build_dataloader(
-            utterances[:200], exp.data, collator, "val", modalities=mods, audio_variant=audio_variant(model)
+            utterances[:200], data, collator, "val", modalities=mods, audio_variant=audio_variant(model)
         )
         with torch.no_grad():
             for batch in check:

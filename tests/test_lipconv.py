@@ -1,0 +1,60 @@
+"""The light from-scratch lip-reading encoder (``kind: lipconv``): shapes, lengths, padding, registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llama_avsr.config import EncoderConfig
+from llama_avsr.models.encoders import ENCODERS, build_encoder
+
+
+def _enc(**options) -> torch.nn.Module:
+    return build_encoder(EncoderConfig(kind="lipconv", arch="lipconv-demo", frozen=False, options=options))
+
+
+def test_registered_and_shapes() -> None:
+    assert "lipconv" in ENCODERS
+    enc = _enc().eval()
+    video = torch.randn(3, 20, 1, 88, 88)
+    lens = torch.tensor([20, 13, 7])
+    feats, out_lens = enc({"video": video}, {"video": lens})
+    assert feats.shape == (3, 20, enc.output_dim) and enc.output_dim == 256
+    assert torch.equal(out_lens, lens) and enc.frame_rate == 25.0
+    assert torch.all(feats[1, 13:] == 0) and torch.all(feats[2, 7:] == 0)  # padding frames stay empty
+
+
+@pytest.mark.parametrize("subtract_mean", [True, False])
+def test_item_does_not_depend_on_its_batch(subtract_mean: bool) -> None:
+    """An utterance's features are the same alone and next to a longer one (padding leaks nowhere)."""
+    torch.manual_seed(0)
+    enc = _enc(subtract_mean=subtract_mean).eval()
+    a, b = torch.randn(1, 9, 1, 88, 88), torch.randn(1, 16, 1, 88, 88)
+    alone, _ = enc({"video": a}, {"video": torch.tensor([9])})
+    padded = torch.cat([torch.cat([a, torch.randn(1, 7, 1, 88, 88)], 1), b])  # garbage in a's padding
+    both, _ = enc({"video": padded}, {"video": torch.tensor([9, 16])})
+    torch.testing.assert_close(both[0, :9], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_trains_in_bf16_and_other_input_sizes() -> None:
+    enc = build_encoder(
+        EncoderConfig(
+            kind="lipconv", arch="lipconv-demo", frozen=False, dtype="bfloat16", options={"input_size": 22}
+        )
+    )
+    video = torch.randn(2, 6, 1, 88, 88)
+    feats, _ = enc({"video": video}, {"video": torch.tensor([6, 4])})
+    assert feats.dtype == torch.bfloat16 and feats.shape == (2, 6, 256)
+    feats.float().sum().backward()
+    assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_bad_configs() -> None:
+    with pytest.raises(ValueError, match="from scratch"):
+        build_encoder(EncoderConfig(kind="lipconv", source="some/checkpoint"))
+    with pytest.raises(ValueError, match="unknown option"):
+        _enc(resnet=True)
+    with pytest.raises(ValueError, match="kernel"):
+        _enc(kernel=4)
+    with pytest.raises(ValueError, match="video only"):
+        _enc()({"audio": torch.zeros(1, 16000)}, {"audio": torch.tensor([16000])})
