@@ -166,3 +166,43 @@ def test_warmup_mapping_needs_non_negative_epochs(corpus, tmp_path):
 
     with pytest.raises(ValueError, match="ctc_warmup_streams"):
         ExperimentConfig.load(TINY, overrides(corpus, tmp_path) + ["train.ctc_warmup_streams={video: -1}"])
+
+
+def test_encoder_rate_warmup_trains_the_encoder_then_fits_the_projector(corpus, tmp_path):
+    """``train.ctc_warmup_rate=encoder``: the trainable encoder learns at its own frame rate through a
+    temporary head (reported as ``video.encoder``), then the projector is fitted on its features and ends
+    at the embeddings' norm; the encoder's weights change, the head leaves no parameter behind."""
+    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    exp = ExperimentConfig.load(
+        TINY,
+        overrides(corpus, tmp_path)
+        + [
+            "train.ctc_warmup_streams={audio: 0, video: 6}",
+            "train.ctc_warmup_rate=encoder",
+            "train.ctc_warmup_epochs=20",
+            "train.ctc_warmup_lr=1e-2",
+            "data.train_augment=[]",
+            "data.modality_dropout={video: 0.5}",  # the warm-up must see every video anyway
+        ],
+    )
+    torch.manual_seed(0)
+    model = AVSRLightning(exp).model
+    n_params = sum(p.numel() for p in model.parameters())
+    enc = model.encoders["avhubert"]
+    before_enc = {k: v.clone() for k, v in enc.state_dict().items()}
+    report = ctc_warmup(model, exp)
+    assert set(report.last_loss) == {"video.encoder", "video"}
+    assert report.last_loss["video.encoder"] < 0.7 * report.first_loss["video.encoder"]
+    assert report.last_loss["video"] < report.first_loss["video"]
+    assert any(not torch.equal(before_enc[k], v) for k, v in enc.state_dict().items())
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    radius = float(model.llm.get_input_embeddings().weight.float().norm(dim=-1).mean())
+    model.eval()
+    with torch.no_grad():
+        b = next(iter(clean_loader(exp, model, "video")))
+        f, n = model.stream_features("video", b)
+        norms = model.projectors["video"](f[0, : int(n[0])]).norm(dim=-1)
+    assert float(norms.mean()) == pytest.approx(radius, rel=0.3)

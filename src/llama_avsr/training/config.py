@@ -73,6 +73,11 @@ class TrainConfig:
     ctc_warmup_streams: the streams to warm up (default: every stream whose encoder is frozen), or a
         mapping stream → epochs. A stream whose encoder trains (e.g. AV-HuBERT from scratch) is warmed
         up only when named here: its encoder then learns with the projector (much costlier per epoch).
+    ctc_warmup_rate: where a trainable encoder's CTC loss is taken. ``stream``: on the projector's
+        outputs, after compression (encoder, compressor and projector learn together). ``encoder``: on a
+        temporary linear head at the encoder's own frame rate (25 Hz for video: ~8 frames per transcript
+        token instead of ~1.6 after a stack of 5, so CTC can align from scratch), after which the
+        projector is fitted on the encoder's features as for a frozen stream, for ``ctc_warmup_epochs``.
     """
 
     out_dir: str = "runs/exp"
@@ -107,6 +112,7 @@ class TrainConfig:
     ctc_warmup_lr: float = 2e-3
     ctc_warmup_batch_size: int = 16
     ctc_warmup_streams: list[str] | dict[str, float] | None = None
+    ctc_warmup_rate: str = "stream"
 
     def __post_init__(self) -> None:
         bad = set(self.loggers) - set(LOGGERS)
@@ -149,6 +155,10 @@ class TrainConfig:
             not isinstance(v, (int, float)) or v < 0 for v in self.ctc_warmup_streams.values()
         ):
             raise ValueError("train.ctc_warmup_streams: a mapping needs epochs >= 0 for every stream")
+        if self.ctc_warmup_rate not in ("stream", "encoder"):
+            raise ValueError(
+                f"train.ctc_warmup_rate must be 'stream' or 'encoder', got {self.ctc_warmup_rate!r}"
+            )
         if self.feature_cache and self.sharded:
             raise ValueError(
                 f"train.feature_cache does not work with train.strategy={self.strategy}: a sharded encoder "

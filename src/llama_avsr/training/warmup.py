@@ -193,44 +193,81 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
     radius = float(emb.norm(dim=-1).mean())
     unit = F.normalize(emb, dim=-1)
     gen = torch.Generator().manual_seed(t.seed)
-    bs = t.ctc_warmup_batch_size
-    per_epoch = math.ceil(len(keep) / bs)
     report = WarmupReport(streams, len(keep), skipped, {n: stream_epochs(t, n) for n in streams}, 0.0)
     for name in frozen:
-        total = max(1, round(stream_epochs(t, name) * per_epoch))
-        proj = model.projectors[name]
-        fit = _Fit(proj.parameters(), unit, t.ctc_warmup_lr, total, f"CTC warm-up: {name} projector")
-        while not fit.done:
-            order = [keep[int(j)] for j in torch.randperm(len(keep), generator=gen)]
-            for k in range(0, len(order), bs):
-                if fit.done:
-                    break
-                idx = order[k : k + bs]
-                x = nn.utils.rnn.pad_sequence([feats[name][i] for i in idx], batch_first=True)
-                x_len = torch.tensor([len(feats[name][i]) for i in idx])
-                fit.step(proj, x, x_len, [index[targets[i]] for i in idx])
-        _match_norm(proj, feats[name], keep, radius)
-        fit.finish(name, "projector", per_epoch, proj, feats[name], targets, keep, index, report)
+        _fit_projector(model, t, name, feats[name], targets, keep, index, unit, radius, gen, report)
     for name in trained:
-        _warm_trained_stream(model, exp, name, index, unit, radius, report)
+        if t.ctc_warmup_rate == "encoder":
+            _warm_trained_stream(model, exp, name, index, unit, radius, report, encoder_rate=True)
+            # then the projector, on the warmed-up encoder's (clean, eval-mode) features
+            f, y = _collect(model, exp, [name])
+            ok = [i for i, v in enumerate(y) if 0 < len(v) <= len(f[name][i])]
+            epochs = t.ctc_warmup_epochs or stream_epochs(t, name)
+            _fit_projector(model, t, name, f[name], y, ok, index, unit, radius, gen, report, epochs)
+        else:
+            _warm_trained_stream(model, exp, name, index, unit, radius, report)
     report.seconds = time.time() - start
     return report
+
+
+def _fit_projector(
+    model: AVSRModel,
+    t: Any,
+    name: str,
+    feats: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    keep: list[int],
+    index: torch.Tensor,
+    unit: torch.Tensor,
+    radius: float,
+    gen: torch.Generator,
+    report: WarmupReport,
+    epochs: float | None = None,
+) -> None:
+    """Fit stream ``name``'s projector alone on fixed features (``keep`` selects the utterances), then
+    scale it to the embeddings' norm and report."""
+    bs = t.ctc_warmup_batch_size
+    per_epoch = math.ceil(len(keep) / bs)
+    total = max(1, round((stream_epochs(t, name) if epochs is None else epochs) * per_epoch))
+    proj = model.projectors[name]
+    fit = _Fit(proj.parameters(), unit, t.ctc_warmup_lr, total, f"CTC warm-up: {name} projector")
+    while not fit.done:
+        order = [keep[int(j)] for j in torch.randperm(len(keep), generator=gen)]
+        for k in range(0, len(order), bs):
+            if fit.done:
+                break
+            idx = order[k : k + bs]
+            x = nn.utils.rnn.pad_sequence([feats[i] for i in idx], batch_first=True)
+            x_len = torch.tensor([len(feats[i]) for i in idx])
+            fit.step(proj, x, x_len, [index[targets[i]] for i in idx])
+    _match_norm(proj, feats, keep, radius)
+    fit.finish(name, "projector", per_epoch, proj, feats, targets, keep, index, report)
 
 
 class _Fit:
     """One stream's CTC fit: the learnt blank vector and logit scale (discarded afterwards), AdamW with a
     linear decay to 0 over ``total`` steps, the losses and a progress bar."""
 
-    def __init__(self, params: Any, unit: torch.Tensor, lr: float, total: int, desc: str) -> None:
+    def __init__(
+        self, params: Any, unit: torch.Tensor, lr: float, total: int, desc: str, head: nn.Module | None = None
+    ) -> None:
         self.unit = unit
+        self.head = head  # a free linear head (encoder-rate warm-up) instead of the cosine logits
         self.blank = nn.Parameter(torch.zeros(unit.shape[1], device=unit.device))
         self.scale = nn.Parameter(torch.full((), 10.0, device=unit.device))  # logits: scale · cosine
-        trained = [p for p in params if p.requires_grad]
+        trained = [p for p in params if p.requires_grad] + ([*head.parameters()] if head is not None else [])
         self.opt = torch.optim.AdamW([*trained, self.blank, self.scale], lr=lr, weight_decay=0.0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0 - s / total)
         self.total = total
         self.losses: list[float] = []
         self.bar = tqdm(total=total, desc=desc, unit="step")
+
+    def logits(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """CTC logits (…, T, 1 + V) of features ``x`` (…, T, D)."""
+        if self.head is not None:
+            ref = next(self.head.parameters())
+            return self.head(x.to(ref.device, ref.dtype))
+        return _ctc_logits(proj, x, self.blank, self.unit, self.scale)
 
     @property
     def done(self) -> bool:
@@ -238,7 +275,7 @@ class _Fit:
 
     def step(self, proj: nn.Module, x: torch.Tensor, x_len: torch.Tensor, ys: list[torch.Tensor]) -> None:
         """One update on features ``x`` (B, T, D) of lengths ``x_len`` and class targets ``ys``."""
-        lp = _ctc_logits(proj, x, self.blank, self.unit, self.scale).log_softmax(-1).transpose(0, 1)
+        lp = self.logits(proj, x).float().log_softmax(-1).transpose(0, 1)
         y = torch.cat(ys).to(lp.device)
         y_len = torch.tensor([len(v) for v in ys])
         loss = F.ctc_loss(lp, y, x_len, y_len, blank=0, zero_infinity=True)  # lp: (T, B, C)
@@ -267,9 +304,10 @@ class _Fit:
         n = min(per_epoch, len(self.losses)) or 1
         report.first_loss[name] = sum(self.losses[:n]) / n
         report.last_loss[name] = sum(self.losses[-n:]) / n
-        report.token_error_rate[name] = _token_error_rate(
-            proj, self.blank, self.unit, self.scale, feats, targets, keep, index
-        )
+        with torch.no_grad():
+            report.token_error_rate[name] = _token_error_rate(
+                lambda x: self.logits(proj, x), feats, targets, keep, index
+            )
         log.info(
             "CTC warm-up of the %s %s: %d steps, loss %.3f → %.3f, greedy token error rate %.1f %% "
             "(training utterances)",
@@ -298,9 +336,13 @@ def _warm_trained_stream(
     unit: torch.Tensor,
     radius: float,
     report: WarmupReport,
+    encoder_rate: bool = False,
 ) -> None:
     """Encoder + compressor + projector of ``name`` trained together with CTC, from the training loader
-    (augmented, shuffled by epoch), in bf16 autocast when the run trains in bf16."""
+    (augmented, shuffled by epoch), in bf16 autocast when the run trains in bf16. ``encoder_rate``: the
+    encoder alone with a temporary linear head over the classes at its own frame rate (no compression,
+    no projector; the head is discarded and the report holds the encoder's own CTC figures under
+    ``<name>.encoder``)."""
     from llama_avsr.training.module import audio_variant
 
     t = exp.train
@@ -317,8 +359,21 @@ def _warm_trained_stream(
     per_epoch = len(loader)
     total = max(1, round(epochs * per_epoch))
     proj = model.projectors[name]
-    params = [*model.encoders[scfg.encoder].parameters(), *proj.parameters()]
-    fit = _Fit(params, unit, t.ctc_warmup_lr, total, f"CTC warm-up: {name} encoder + projector")
+    enc = model.encoders[scfg.encoder]
+    if encoder_rate:
+        ref = next(enc.parameters())
+        head = nn.Linear(enc.output_dim, unit.shape[0] + 1).to(ref.device)
+        fit = _Fit(enc.parameters(), unit, t.ctc_warmup_lr, total, f"CTC warm-up: {name} encoder", head=head)
+    else:
+        params = [*enc.parameters(), *proj.parameters()]
+        fit = _Fit(params, unit, t.ctc_warmup_lr, total, f"CTC warm-up: {name} encoder + projector")
+
+    def features(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if encoder_rate:
+            f, lens = enc({m: batch.inputs[m] for m in mods}, {m: batch.lengths[m] for m in mods})
+            return f, lens
+        return model.stream_features(name, batch)
+
     autocast = (
         torch.autocast(model.device.type, dtype=torch.bfloat16)
         if str(t.precision).startswith("bf16")
@@ -339,7 +394,7 @@ def _warm_trained_stream(
                     continue
                 batch = batch.to(model.device)
                 with autocast:
-                    f, lens = model.stream_features(name, batch)
+                    f, lens = features(batch)
                 ys = [index[_targets(batch.target_ids[i], eos).cpu()] for i in range(len(batch))]
                 fit.step(proj, f, lens.cpu(), ys)
         # the norm and the error rate on clean inputs, encoder in eval mode
@@ -353,7 +408,7 @@ def _warm_trained_stream(
                     continue
                 batch = batch.to(model.device)
                 with autocast:
-                    f, lens = model.stream_features(name, batch)
+                    f, lens = features(batch)
                 for i in range(len(batch)):
                     feats.append(f[i, : int(lens[i])].float().cpu())
                     targets.append(_targets(batch.target_ids[i], eos).cpu())
@@ -361,6 +416,9 @@ def _warm_trained_stream(
         fit.bar.close()
         model.train(was_training)
     keep = list(range(len(feats)))
+    if encoder_rate:
+        fit.finish(f"{name}.encoder", "encoder", per_epoch, proj, feats, targets, keep, index, report)
+        return
     _match_norm(proj, feats, keep, radius)
     fit.finish(name, "encoder and projector", per_epoch, proj, feats, targets, keep, index, report)
 
@@ -381,20 +439,18 @@ def _match_norm(proj: nn.Module, feats: list[torch.Tensor], keep: list[int], rad
 
 @torch.no_grad()
 def _token_error_rate(
-    proj: nn.Module,
-    blank: torch.Tensor,
-    unit: torch.Tensor,
-    scale: torch.Tensor,
+    logits: Any,
     feats: list[torch.Tensor],
     targets: list[torch.Tensor],
     keep: list[int],
     index: torch.Tensor,
     limit: int = 200,
 ) -> float:
-    """Greedy CTC token error rate of the projector alone on (up to ``limit``) training utterances."""
+    """Greedy CTC token error rate of ``logits`` (features (T, D) → (T, 1 + V)) on (up to ``limit``)
+    training utterances."""
     total = ErrorCounts()
     for i in keep[:limit]:
-        hyp = [str(c) for c in _greedy(_ctc_logits(proj, feats[i], blank, unit, scale))]
+        hyp = [str(c) for c in _greedy(logits(feats[i]))]
         ref = [str(int(c)) for c in index[targets[i]]]
         total = total + align_counts(ref, hyp)
     return total.rate
