@@ -45,6 +45,9 @@ def test_trains_in_bf16_and_other_input_sizes() -> None:
     video = torch.randn(2, 6, 1, 88, 88)
     feats, _ = enc({"video": video}, {"video": torch.tensor([6, 4])})
     assert feats.dtype == torch.bfloat16 and feats.shape == (2, 6, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # computes in its own dtype inside autocast
+        f32, _ = _enc()({"video": video}, {"video": torch.tensor([6, 4])})
+    assert f32.dtype == torch.float32
     feats.float().sum().backward()
     assert all(p.grad is not None for p in enc.parameters())
 

@@ -16,6 +16,10 @@ step and learns slowly. This encoder keeps what lip reading needs and drops the 
   extra input channel so the absolute shape is not lost.
 * No BatchNorm: batches here are a handful of utterances with padding frames, where batch statistics
   are noisy and differ between training and evaluation.
+* It computes in its own weights' dtype even inside a bf16 autocast region: on CPUs without native bf16
+  (AVX2), PyTorch's bf16 conv2d falls back to ``_slow_conv2d`` and the bf16 GEMMs are slow too — the
+  whole encoder's forward + backward measured 14–17 s against 1.1–1.6 s in float32 (batch 4 × 75 frames,
+  one thread). The encoder is small, so float32 costs little anywhere.
 * The flattened stem output keeps where in the crop each feature is (lip closure vs opening vs rounding
   are spatial patterns); a global average pool would throw that away.
 """
@@ -113,9 +117,12 @@ class LipConvEncoder(Encoder):
         """inputs ``video`` (B, T, 1, H, W) normalised crops, lengths (B,) → (B, T, dim), lengths (B,)."""
         if set(inputs) != {"video"}:
             raise ValueError(f"lipconv takes video only, got {sorted(inputs)}")
-        video = inputs["video"]
+        with torch.autocast(inputs["video"].device.type, enabled=False):
+            return self._encode(inputs["video"], lengths["video"])
+
+    def _encode(self, video: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t = video.shape[:2]
-        lens = lengths["video"].to(video.device)
+        lens = lengths.to(video.device)
         dtype = self.proj.weight.dtype
         valid = (torch.arange(t, device=video.device) < lens[:, None]).to(dtype)  # (B, T)
         x = video.to(dtype).flatten(0, 1)  # (B·T, 1, H, W)
