@@ -27,3 +27,14 @@ def test_default_demo_names_the_video_blanked_reference() -> None:
     assert "AVSR, video blanked WER %" in table and "ASR WER" not in table.replace("AVSR", "")
     assert table.splitlines()[3].split()[-1] == "-"  # no ratio against a zero WER
     assert comparison_table({"avsr": {"clean": _r(0.1)}}) == ""
+
+
+def test_each_demo_task_warms_up_only_its_streams(tmp_path) -> None:
+    from llama_avsr.commands.demo import DEMO_CONFIG, task_config
+    from llama_avsr.config import load_yaml
+
+    base = load_yaml(DEMO_CONFIG)
+    for task, streams in (("asr", {"audio"}), ("vsr", {"video"}), ("avsr", {"audio", "video"})):
+        exp = task_config(base, task, tmp_path, 1.0, [])
+        assert set(exp.model.streams) == streams
+        assert set(exp.train.ctc_warmup_streams) == streams

@@ -76,6 +76,9 @@ def task_config(
         d["data"]["train_augment"] = sorted({*d["data"].get("train_augment", []), "audio", "video"})
     keep = TASKS[task]
     d["model"]["streams"] = {k: v for k, v in d["model"]["streams"].items() if k in keep}
+    warm = d["train"].get("ctc_warmup_streams")
+    if isinstance(warm, dict):  # per-stream warm-up epochs: only the streams this task keeps
+        d["train"]["ctc_warmup_streams"] = {k: v for k, v in warm.items() if k in keep}
     used = {s["encoder"] for s in d["model"]["streams"].values()}
     d["model"]["encoders"] = {k: v for k, v in d["model"]["encoders"].items() if k in used}
     d["data"]["root"] = str(out / "corpus")
