@@ -306,8 +306,8 @@ def test_modality_dropout_blanks_one_modality_per_item(corpus: Path) -> None:
             else:
                 assert torch.equal(s[m], ref[m])
     assert 40 <= counts["audio"] <= 80 and 80 <= counts["video"] <= 120, counts  # 60 and 100 expected
-    # a single-modality dataset ignores the other modality's rate and never blanks its only input
-    video_only = AVDataset(items * 20, ["video"], modality_dropout={"audio": 0.5})
+    # a single-modality dataset never blanks its only input
+    video_only = AVDataset(items * 20, ["video"], modality_dropout={"audio": 0.5, "video": 0.4})
     assert all("blanked" not in video_only[i] for i in range(len(video_only)))
 
 

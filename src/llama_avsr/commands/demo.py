@@ -76,6 +76,8 @@ def task_config(
         d["data"]["train_augment"] = sorted({*d["data"].get("train_augment", []), "audio", "video"})
     keep = TASKS[task]
     d["model"]["streams"] = {k: v for k, v in d["model"]["streams"].items() if k in keep}
+    if len(keep) < 2:  # one stream: no other modality to fall back on (the dataset ignores it too)
+        d["data"].pop("modality_dropout", None)
     warm = d["train"].get("ctc_warmup_streams")
     if isinstance(warm, dict):  # per-stream warm-up epochs: only the streams this task keeps
         d["train"]["ctc_warmup_streams"] = {k: v for k, v in warm.items() if k in keep}

@@ -33,7 +33,8 @@ class DataConfig:
     modality_dropout: per-utterance probabilities, in training, that a modality's input is blanked
         (``{audio: 0.25, video: 0.25}``): one uniform draw per utterance drops at most one modality, so
         the model must read whichever stream is left (the LLM cannot lean on the audio alone and ignore
-        the video). Blanked = what :attr:`blank_modalities` feeds at evaluation.
+        the video). Blanked = what :attr:`blank_modalities` feeds at evaluation. Ignored for models of
+        one modality (ASR, VSR).
     blank_modalities: modalities blanked at validation / test (``[audio]`` evaluates a model with the
         video alone): video frames become zeros after normalisation (a uniform mean-gray frame, no
         mouth), audio becomes silence; lengths are kept, so the token layout does not change.

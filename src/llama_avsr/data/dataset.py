@@ -93,7 +93,7 @@ class AVDataset(Dataset):
     seed: seeds the augmentation generator in the main process; in a DataLoader worker the generator is
         seeded from the worker's seed (set by the DataLoader's generator) mixed with ``seed``.
     modality_dropout: modality → probability that an item's input is blanked (at most one modality per
-        item; ``DataConfig.modality_dropout``). blank: modalities blanked in every item.
+        item; ``DataConfig.modality_dropout``); ignored when only one modality is loaded. blank: modalities blanked in every item.
     Items in which a modality was blanked list them under ``"blanked"``.
     """
 
@@ -125,9 +125,9 @@ class AVDataset(Dataset):
         self.transforms = dict(transforms)
         self.on_error = on_error
         self.seed = seed
-        self.modality_dropout = {
-            m: p for m, p in (modality_dropout or {}).items() if m in self.modalities and p > 0
-        }
+        # with one modality there is nothing left to read: dropout only applies to audio-visual items
+        drop = modality_dropout if len(self.modalities) > 1 else None
+        self.modality_dropout = {m: p for m, p in (drop or {}).items() if m in self.modalities and p > 0}
         self.blank = [m for m in blank if m in self.modalities]
         self._gen: torch.Generator | None = None
         self._gen_owner: int | None = None
