@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from rapidfuzz.distance import Levenshtein
 
 _NOT_WORD = re.compile(r"[^\w' ]|_")
 _SPACES = re.compile(r"\s+")
@@ -58,31 +61,23 @@ class ErrorCounts:
         }
 
 
-def align_counts(ref: list[str], hyp: list[str]) -> ErrorCounts:
-    """Levenshtein alignment; ties prefer substitution, then deletion, then insertion."""
-    n, m = len(ref), len(hyp)
-    # dp over rows of (cost, subs, ins, dels)
-    prev = [(j, 0, j, 0) for j in range(m + 1)]
-    for i in range(1, n + 1):
-        cur = [(i, 0, 0, i)]
-        for j in range(1, m + 1):
-            if ref[i - 1] == hyp[j - 1]:
-                best = prev[j - 1]
-            else:
-                c, s, ins, d = prev[j - 1]
-                sub = (c + 1, s + 1, ins, d)
-                c, s, ins, d = prev[j]
-                dele = (c + 1, s, ins, d + 1)
-                c, s, ins, d = cur[j - 1]
-                inse = (c + 1, s, ins + 1, d)
-                best = min(sub, dele, inse, key=lambda t: t[0])
-            cur.append(best)
-        prev = cur
-    _, s, ins, d = prev[m]
-    return ErrorCounts(s, ins, d, n)
+def align_counts(ref: Sequence[str], hyp: Sequence[str]) -> ErrorCounts:
+    """Substitutions, insertions and deletions of a minimum-edit (Levenshtein) alignment of ``hyp`` to
+    ``ref`` (sequences of words or characters).
+
+    The alignment is rapidfuzz's (C++, bit-parallel: linear-time for the short sequences of speech
+    recognition, fast on long texts), the one jiwer uses too, so S/I/D counts agree with jiwer's; where
+    several alignments have the same cost, the split between the three kinds is the one it reports.
+    """
+    ops = Levenshtein.editops(ref, hyp)
+    counts = {"replace": 0, "insert": 0, "delete": 0}
+    for op in ops:
+        counts[op.tag] += 1
+    return ErrorCounts(counts["replace"], counts["insert"], counts["delete"], len(ref))
 
 
 def word_errors(ref: str, hyp: str) -> ErrorCounts:
+    """Word-level counts of the normalised texts (:func:`normalize`)."""
     return align_counts(normalize(ref).split(), normalize(hyp).split())
 
 
