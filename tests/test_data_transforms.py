@@ -137,7 +137,7 @@ def test_add_noise_from_file_at_requested_snr(noise_wav: Path) -> None:
 
 
 def test_eval_pipeline_noise_at_decode_snr(noise_wav: Path) -> None:
-    cfg = DataConfig(noise_file=str(noise_wav), decode_snr_target=5.0)
+    cfg = DataConfig(eval_noise_file=str(noise_wav), decode_snr_target=5.0)
     s = torch.from_numpy(speech_like(16000 * 2))
     raw = build_pipeline("test", "audio", cfg, variant="raw")(s, gen())
     assert abs(measure_snr(s, raw) - 5.0) < 0.1
@@ -154,6 +154,22 @@ def test_clean_levels_never_load_noise(tmp_path: Path) -> None:
     assert [type(step).__name__ for step in p.steps] == ["WaveformLayerNorm"]
     train = build_pipeline("train", "audio", DataConfig(), variant="raw")
     assert [type(step).__name__ for step in train.steps] == ["AdaptiveTimeMask", "AddNoise"]
+
+
+def test_training_and_evaluation_noise_come_from_their_own_files(tmp_path: Path) -> None:
+    cfg = DataConfig(
+        noise_file=str(tmp_path / "train.wav"),
+        eval_noise_file=str(tmp_path / "eval.wav"),
+        decode_snr_target=0.0,
+    )
+    assert build_pipeline("train", "audio", cfg).steps[1].source.path == tmp_path / "train.wav"
+    for split in ("val", "test"):
+        (add,) = [s for s in build_pipeline(split, "audio", cfg).steps if isinstance(s, AddNoise)]
+        assert add.source.path == tmp_path / "eval.wav"
+    # without files: the synthetic babble, a different track for training and evaluation
+    default = DataConfig(decode_snr_target=0.0)
+    assert build_transforms("train", ["audio"], default)["audio"].steps[1].source.track == "train"
+    assert build_transforms("test", ["audio"], default)["audio"].steps[0].source.track == "eval"
 
 
 def test_train_audio_snr_choice_and_clean(noise_wav: Path) -> None:

@@ -84,6 +84,7 @@ def corpus(tmp_path_factory) -> Path:
 
 def common(corpus: Path, out: Path) -> list[str]:
     noise = next((corpus / "synth" / "train").rglob("*.wav"))
+    eval_noise = next((corpus / "synth" / "val").rglob("*.wav"))
     return [
         f"train.out_dir={out}",
         f"data.root={corpus}",
@@ -91,6 +92,7 @@ def common(corpus: Path, out: Path) -> list[str]:
         "data.val_csv=synth_val.csv",
         "data.test_csv=synth_test.csv",
         f"data.noise_file={noise}",
+        f"data.eval_noise_file={eval_noise}",
     ]
 
 

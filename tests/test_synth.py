@@ -120,17 +120,41 @@ def test_splits_unseen_sentences_and_combinations() -> None:
     assert [s.text for s in grammar.make_splits(10, 50, 80, seed=5)["test"]] == texts["test"]
 
 
-def test_corpus_test_split_unseen_sentences_and_speaker(corpus: Path) -> None:
-    train = _rows(corpus, "train") + _rows(corpus, "val")
-    test = _rows(corpus, "test")
-    assert not {r[4] for r in test} & {r[4] for r in train}
-    unseen = {s.id for s in tts.SPEAKERS if s.test_only}
-    assert unseen and {r[1].split("/")[1] for r in test} & unseen
-    assert not {r[1].split("/")[1] for r in train} & unseen
+def _speakers(rows: list[list[str]]) -> set[str]:
+    return {r[1].split("/")[1] for r in rows}
+
+
+def test_splits_are_disjoint_in_sentences_voices_and_noise_talkers(corpus: Path) -> None:
+    rows = {split: _rows(corpus, split) for split in COUNTS}
+    # sentences: no sentence in two splits
+    texts = {split: {r[4] for r in rs} for split, rs in rows.items()}
+    assert not texts["train"] & texts["val"] and not texts["train"] & texts["test"]
+    assert not texts["val"] & texts["test"]
+    # voices: each evaluation split has held-out voices of its own, never heard in training or in
+    # the other evaluation split; the rest are training voices
     manifest = json.loads((corpus / MANIFEST).read_text())
-    assert set(manifest["unseen_speakers"]) == unseen
-    train_voices = {s["name"] for s in manifest["speakers"]["train"]}
-    assert any(s["name"] not in train_voices for s in manifest["speakers"]["test"])
+    held = {s: set(ids) for s, ids in manifest["held_out_speakers"].items()}
+    assert held == {s: {sp.id for sp in tts.SPEAKERS if sp.held_out == s} for s in ("val", "test")}
+    assert held["val"] and held["test"] and not held["val"] & held["test"]
+    train = {sp["id"] for sp in manifest["speakers"]["train"]}  # the training voices
+    assert _speakers(rows["train"]) <= train
+    for split in ("val", "test"):
+        assert held[split] <= _speakers(rows[split])  # even a tiny split has them (they come first)
+        assert not train & held[split]
+        assert _speakers(rows[split]) <= train | held[split]
+    assert set(manifest["unseen_speakers"]) == held["test"]
+    by_id = {sp["id"]: sp["name"] for split in manifest["speakers"].values() for sp in split}
+    train_voices = {by_id[s] for s in train}
+    assert not train_voices & {by_id[s] for s in held["val"] | held["test"]}
+    assert not {by_id[s] for s in held["val"]} & {by_id[s] for s in held["test"]}
+    # noise: the training and evaluation babble tracks have no talker in common, nor a corpus voice
+    talkers = manifest["babble_talkers"]
+    assert len(set(talkers["train"])) == len(talkers["train"]) == babble.BABBLE_VOICES
+    assert not set(talkers["train"]) & set(talkers["eval"])
+    assert not (set(talkers["train"]) | set(talkers["eval"])) & {sp.voice.name for sp in tts.SPEAKERS}
+    for seed in range(5):  # whatever the seed
+        a, b = (babble.babble_voices(babble.BABBLE_VOICES, t, seed) for t in babble.TRACKS)
+        assert not {v.name for v in a} & {v.name for v in b}
 
 
 def test_phoneme_timings_monotonic_and_within_audio() -> None:
@@ -193,7 +217,7 @@ def test_babble(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # no long silent stretch: several talkers overlap
     frame_rms = np.sqrt((audio[: 64_000 // 400 * 400].reshape(-1, 400) ** 2).mean(axis=1))
     assert (frame_rms > 0.01).mean() > 0.9
-    # cached default track, made once
+    # cached default tracks, each made once; the evaluation track is another mix
     monkeypatch.setenv("LLAMA_AVSR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(babble, "BABBLE_SECONDS", 3.0)
     monkeypatch.setattr(babble, "BABBLE_VOICES", 3)
@@ -202,6 +226,10 @@ def test_babble(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stamp = first.stat().st_mtime_ns
     assert babble.default_babble_path() == first and first.stat().st_mtime_ns == stamp
     assert len(media.read_audio(first)) == 48_000
+    other = babble.default_babble_path("eval")
+    assert other != first and not np.array_equal(media.read_audio(other), media.read_audio(first))
+    with pytest.raises(ValueError):
+        babble.default_babble_path("test")
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,7 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="corpus root (default: the one the model was trained on)")
     p.add_argument("--csv", default=None, help="label CSV to evaluate (default: the config's test_csv)")
     p.add_argument("--snr", default="clean", help="comma-separated SNRs in dB, e.g. clean,10,5,0,-5")
-    p.add_argument("--noise-file", default=None, help="noise wav (default: the synthetic babble track)")
+    p.add_argument(
+        "--noise-file",
+        default=None,
+        help="noise file mixed in at --snr (sets data.eval_noise_file; default: the model config's, or the "
+        "synthetic evaluation babble track, whose talkers are not those of the training track)",
+    )
     p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's decode config)")
     p.add_argument("--batch-size", type=int, default=None, help="utterances decoded together")
     p.add_argument("--max-new-tokens", type=int, default=None, help="longest transcript in tokens")
@@ -52,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     exp = load_experiment(args.model)
     data = exp.data
     changes = {
-        k: v for k, v in {"root": args.root, "test_csv": args.csv, "noise_file": args.noise_file}.items() if v
+        k: v
+        for k, v in {"root": args.root, "test_csv": args.csv, "eval_noise_file": args.noise_file}.items()
+        if v
     }
     data = dataclasses.replace(data, **changes)
     dec = exp.decode

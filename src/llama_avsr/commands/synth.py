@@ -9,7 +9,8 @@ import os
 HELP = "make a synthetic audio-visual corpus (espeak-ng speech + animated lips) in the LRS3 layout"
 DESCRIPTION = """\
 Make a synthetic audio-visual speech corpus that any machine can build in a minute: sentences from a
-~290-word grammar spoken by espeak-ng voices (12 speakers; two are heard only in the test split), and
+~290-word grammar spoken by espeak-ng voices (14 speakers: 10 training voices, which also speak in the
+validation and test splits, two held out for validation and two others held out for test), and
 96x96 gray mouth-region videos at 25 fps whose lips follow the phonemes. The layout and label CSVs are
 those of LRS3 prepared by auto_avsr, so every other command reads it like the real corpus:
 
@@ -19,7 +20,9 @@ those of LRS3 prepared by auto_avsr, so every other command reads it like the re
                                                'prepare' and 'transcribe')
   OUT/synth.json                               manifest (seed, counts, speakers, vocabulary)
 
-Test sentences never occur in training, and some adjective-noun combinations are seen only in test.
+Validation and test sentences never occur in training (nor in each other), and some adjective-noun
+combinations are seen only in test. Default babble noise (data.noise_file / data.eval_noise_file unset)
+comes from two tracks with disjoint talkers: one for training, one for validation and test.
 The same --seed gives the same sentences, audio (bit-identical) and rendered lip frames whatever --jobs
 is. Needs espeak-ng (apt-get install espeak-ng).
 """
@@ -53,9 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder (created if needed; files of the same names are overwritten)",
     )
     parser.add_argument("--train", type=_count, default=1000, help="number of training utterances")
-    parser.add_argument("--val", type=_count, default=100, help="number of validation utterances")
     parser.add_argument(
-        "--test", type=_count, default=100, help="number of test utterances (seen and unseen speakers)"
+        "--val",
+        type=_count,
+        default=100,
+        help="number of validation utterances (training voices and the validation's held-out voices)",
+    )
+    parser.add_argument(
+        "--test",
+        type=_count,
+        default=100,
+        help="number of test utterances (training voices and the test's held-out voices)",
     )
     parser.add_argument(
         "--faces", type=_count, default=2,

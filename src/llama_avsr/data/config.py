@@ -24,8 +24,11 @@ class DataConfig:
     num_buckets: length buckets (equal-width between the shortest and longest item).
     max_batch_size: optional cap on the number of items per batch.
     num_workers: DataLoader worker processes (0 = load in the main process).
-    noise_file: babble / noise wav for augmentation; ``None`` uses the project's synthetic babble track
-        (generated on first use).
+    noise_file: babble / noise file for training augmentation; ``None`` uses the project's synthetic
+        training babble track (generated on first use).
+    eval_noise_file: noise file of validation and test (``decode_snr_target``); ``None`` uses the
+        synthetic evaluation babble track, whose talkers are disjoint from the training track's, so a
+        noisy test condition is not the noise trained on. Set both to one file only on purpose.
     train_snrs: SNRs in dB drawn uniformly per training utterance; ``None`` entries mean clean.
     train_augment: modalities augmented in training (audio: time mask + noise at ``train_snrs``; video:
         random crop + time mask). A modality left out gets the clean evaluation pipeline in training
@@ -52,6 +55,7 @@ class DataConfig:
     max_batch_size: int | None = None
     num_workers: int = 4
     noise_file: str | None = None
+    eval_noise_file: str | None = None
     train_snrs: list[float | None] = field(default_factory=lambda: list(PAPER_TRAIN_SNRS))
     train_augment: list[str] = field(default_factory=lambda: ["audio", "video"])
     modality_dropout: dict[str, float] = field(default_factory=dict)
@@ -86,6 +90,10 @@ class DataConfig:
             )
         if not self.train_snrs:
             raise ValueError("data.train_snrs must hold at least one level (null = clean)")
+
+    def noise_for(self, split: str) -> tuple[str | None, str]:
+        """The noise file of ``split`` and the synthetic babble track used when it is ``None``."""
+        return (self.noise_file, "train") if split == "train" else (self.eval_noise_file, "eval")
 
     def csv_path(self, split: str) -> Path:
         """The label CSV of ``split`` (``train``, ``val``, ``test``), resolved as documented above."""

@@ -62,16 +62,18 @@ class NoiseSource:
     """A 16 kHz mono noise track, loaded lazily (in each worker process on first use).
 
     path: a noise file (any format PyAV reads; resampled to 16 kHz mono), or ``None`` for the project's
-        synthetic babble track, generated and cached on first use by ``llama_avsr.synth.babble``.
+        synthetic babble, generated and cached on first use by ``llama_avsr.synth.babble``.
+    track: which synthetic babble track ``None`` means: ``train`` or ``eval`` (disjoint talkers).
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, track: str = "train") -> None:
         self.path = Path(path) if path is not None else None
+        self.track = track
         self._noise: torch.Tensor | None = None
 
     def __getstate__(self) -> dict:
         # workers load their own copy rather than receiving it pickled
-        return {"path": self.path, "_noise": None}
+        return {"path": self.path, "track": self.track, "_noise": None}
 
     def load(self) -> torch.Tensor:
         """The whole noise track, (T_n,) float32."""
@@ -80,8 +82,8 @@ class NoiseSource:
             if path is None:
                 from llama_avsr.synth.babble import default_babble_path
 
-                path = default_babble_path()
-                log.info("using the synthetic babble noise %s", path)
+                path = default_babble_path(self.track)
+                log.info("using the synthetic %s babble noise %s", self.track, path)
             try:
                 noise = torch.from_numpy(media.read_audio(path))
             except media.MediaError as e:
@@ -92,7 +94,7 @@ class NoiseSource:
         return self._noise
 
     def __repr__(self) -> str:
-        return f"NoiseSource({str(self.path) if self.path else 'synthetic babble'})"
+        return f"NoiseSource({str(self.path) if self.path else f'synthetic {self.track} babble'})"
 
 
 class AddNoise:

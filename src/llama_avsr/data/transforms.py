@@ -11,7 +11,8 @@ video, train           uint8 (T, H, W) → [0, 1] → random crop 88 → adaptiv
 video, eval            same with a centre crop and no time mask
 audio, train           (T,) → adaptive time mask (6400 per 16000 samples) → noise at an SNR from
                        ``train_snrs`` → layer norm over the waveform
-audio, eval            (T,) → noise at ``decode_snr_target`` (when set) → layer norm over the waveform
+audio, eval            (T,) → noise at ``decode_snr_target`` (when set; from the evaluation noise track,
+                       not the training one) → layer norm over the waveform
 audio ``raw`` variant  the same without the layer norm: AV-HuBERT computes its own normalised filterbanks
                        from the raw waveform
 =====================  ==================================================================================
@@ -184,8 +185,9 @@ def build_pipeline(
 
     variant: for audio, ``default`` (waveform layer norm, Whisper / WavLM) or ``raw`` (no layer norm,
         AV-HuBERT audio).  Ignored for video.
-    noise: the noise track to use; by default ``cfg.noise_file`` (or the synthetic babble, loaded only
-        when a noisy SNR is actually drawn).
+    noise: the noise track to use; by default the split's (:meth:`DataConfig.noise_for`: training
+        ``cfg.noise_file``, validation/test ``cfg.eval_noise_file``, or the synthetic babble track of
+        each, loaded only when a noisy SNR is actually drawn).
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"unknown split {split!r}")
@@ -201,7 +203,7 @@ def build_pipeline(
         list(cfg.train_snrs) if train else [None if split == "train" else cfg.decode_snr_target]
     )
     if noise is None:
-        noise = NoiseSource(cfg.noise_file)
+        noise = NoiseSource(*cfg.noise_for(split))
     return audio_pipeline(train, noise, snrs, layer_norm=variant == "default")
 
 
@@ -209,5 +211,5 @@ def build_transforms(
     split: str, modalities: Sequence[str], cfg: DataConfig, audio_variant: str = "default"
 ) -> dict[str, Pipeline]:
     """One pipeline per modality (see :func:`build_pipeline`), sharing one noise source."""
-    noise = NoiseSource(cfg.noise_file)
+    noise = NoiseSource(*cfg.noise_for(split))
     return {m: build_pipeline(split, m, cfg, audio_variant, noise) for m in modalities}

@@ -3,6 +3,10 @@
 The paper's noise augmentation mixes babble into the audio at a chosen SNR; without a user-supplied
 noise file the data pipeline calls :func:`default_babble_path`, which makes a 60 s track once and caches
 it under ``$LLAMA_AVSR_CACHE`` (default ``~/.cache/llama_avsr``).
+
+There are two tracks, from disjoint sets of talkers: ``train`` (augmentation) and ``eval`` (the noise
+of validation and test), so that a noisy test condition is not the noise the model was trained on.
+No babble talker has the voice of a corpus speaker (:data:`llama_avsr.synth.tts.SPEAKERS`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ log = logging.getLogger(__name__)
 
 BABBLE_SECONDS = 60.0
 BABBLE_VOICES = 16
-BABBLE_VERSION = 1
+BABBLE_VERSION = 2
+#: the babble tracks; their talkers are disjoint
+TRACKS = ("train", "eval")
 #: RMS level of the mix (-20 dBFS): loud enough to matter, far from clipping
 TARGET_RMS = 0.1
 
@@ -29,22 +35,24 @@ _BASES = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbcl
 _VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
 
 
-def _voices(n: int, rng: np.random.Generator) -> list[tts.Voice]:
-    """``n`` distinct voice settings (accent × variant, speed, pitch)."""
-    combos = [(b, v) for b in _BASES for v in _VARIANTS]
-    pick = rng.permutation(len(combos))
-    out = []
-    for k in range(n):
-        base, variant = combos[pick[k % len(combos)]]
-        out.append(
-            tts.Voice(
-                f"{base}+{variant}",
-                int(rng.integers(140, 200)),
-                int(rng.integers(20, 80)),
-                int(rng.integers(30, 80)),
-            )
-        )
-    return out
+def babble_voices(n: int, track: str = "train", seed: int = 0) -> list[tts.Voice]:
+    """The ``n`` talkers of a babble track: distinct accent × variant combinations (with a random speed
+    and pitch each), none of them a corpus speaker's voice, and the two tracks drawn from disjoint halves
+    of the combinations (split by ``seed``), so no talker is in both."""
+    if track not in TRACKS:
+        raise ValueError(f"babble track must be one of {TRACKS}, got {track!r}")
+    corpus_voices = {s.voice.name for s in tts.SPEAKERS}
+    combos = [f"{b}+{v}" for b in _BASES for v in _VARIANTS]
+    combos = [c for c in combos if c not in corpus_voices]
+    halves = np.random.default_rng([seed, 37]).permutation(len(combos))
+    mine = [combos[i] for i in halves[TRACKS.index(track) :: len(TRACKS)]]
+    if n > len(mine):
+        raise ValueError(f"at most {len(mine)} distinct babble talkers per track, asked for {n}")
+    rng = np.random.default_rng([seed, 41, TRACKS.index(track)])
+    return [
+        tts.Voice(mine[k], int(rng.integers(140, 200)), int(rng.integers(20, 80)), int(rng.integers(30, 80)))
+        for k in rng.permutation(len(mine))[:n]
+    ]
 
 
 def _sentences(rng: np.random.Generator, n: int) -> list[str]:
@@ -53,17 +61,23 @@ def _sentences(rng: np.random.Generator, n: int) -> list[str]:
 
 
 def make_babble(
-    path: str | Path, seconds: float = BABBLE_SECONDS, n_voices: int = BABBLE_VOICES, seed: int = 0
+    path: str | Path,
+    seconds: float = BABBLE_SECONDS,
+    n_voices: int = BABBLE_VOICES,
+    seed: int = 0,
+    track: str = "train",
 ) -> Path:
-    """Write ``seconds`` of babble from ``n_voices`` different synthetic talkers to ``path`` (16 kHz mono
-    16-bit wav, RMS ≈ -20 dBFS), atomically; deterministic in its arguments. Returns ``path``."""
+    """Write ``seconds`` of babble from the ``n_voices`` talkers of ``track`` (:func:`babble_voices`)
+    to ``path`` (16 kHz mono 16-bit wav, RMS ≈ -20 dBFS), atomically; deterministic in its arguments.
+    Returns ``path``."""
     if seconds <= 0 or n_voices < 1:
         raise ValueError("seconds must be > 0 and n_voices >= 1")
     path = Path(path)
-    rng = np.random.default_rng([seed, 31])
+    voices = babble_voices(n_voices, track, seed)
+    rng = np.random.default_rng([seed, 31, TRACKS.index(track)])
     n = int(round(seconds * SAMPLE_RATE))
     mix = np.zeros(n, np.float64)
-    for voice in _voices(n_voices, rng):
+    for voice in voices:
         # one talker: sentences back to back with short pauses, started at a random phase of the loop
         stream: list[np.ndarray] = []
         total = 0
@@ -83,7 +97,7 @@ def make_babble(
     if peak > 0.99:
         mix *= 0.99 / peak
     write_wav(path, mix.astype(np.float32), SAMPLE_RATE)
-    log.info("babble: %.0f s, %d talkers → %s", seconds, n_voices, path)
+    log.info("babble (%s): %.0f s, %d talkers → %s", track, seconds, n_voices, path)
     return path
 
 
@@ -92,13 +106,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLAMA_AVSR_CACHE") or Path.home() / ".cache" / "llama_avsr")
 
 
-def default_babble_path() -> Path:
-    """Path of the default babble track, made on first use (≈ a few seconds) and cached.
+def default_babble_path(track: str = "train") -> Path:
+    """Path of the default babble track ``train`` or ``eval``, made on first use (≈ a few seconds) and
+    cached.
 
     Safe when several processes ask at once (e.g. data-loader workers): one makes it under a file lock,
     the others wait and reuse it."""
     root = cache_dir()
-    path = root / f"babble-v{BABBLE_VERSION}-{int(BABBLE_SECONDS)}s-{BABBLE_VOICES}v.wav"
+    if track not in TRACKS:
+        raise ValueError(f"babble track must be one of {TRACKS}, got {track!r}")
+    path = root / f"babble-v{BABBLE_VERSION}-{track}-{int(BABBLE_SECONDS)}s-{BABBLE_VOICES}v.wav"
     if path.is_file():
         return path
     root.mkdir(parents=True, exist_ok=True)
@@ -106,8 +123,8 @@ def default_babble_path() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not path.is_file():
-                log.info("making the default babble noise (once) at %s", path)
-                make_babble(path, BABBLE_SECONDS, BABBLE_VOICES, seed=0)
+                log.info("making the default %s babble noise (once) at %s", track, path)
+                make_babble(path, BABBLE_SECONDS, BABBLE_VOICES, seed=0, track=track)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return path

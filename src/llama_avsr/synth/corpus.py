@@ -7,7 +7,9 @@ Output under ``out``::
     labels/<dataset>_{train,val,test}.csv      dataset_name,rel_path,input_length,X,text
     raw/test/<speaker>/<NNNNN>.mp4 + .txt      a few full-face videos (30 fps, with audio) of test
                                               utterances and their LRS3-style transcripts
-    synth.json                                 manifest: seed, counts, speakers per split, vocabulary…
+    synth.json                                 manifest: seed, counts, speakers per split (training
+                                              voices, and the held-out voices of validation and of
+                                              test, which differ), babble talkers, vocabulary…
 
 Every utterance is a pure function of (seed, split, index): the same seed gives the same sentences,
 the same audio bytes and the same rendered frames whatever ``jobs`` is.
@@ -33,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from llama_avsr.media import SAMPLE_RATE, VIDEO_FPS, write_video, write_wav
-from llama_avsr.synth import grammar, lips, tts
+from llama_avsr.synth import babble, grammar, lips, tts
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +109,9 @@ def plan(cfg: SynthConfig) -> list[Item]:
     for split in grammar.SPLITS:
         rng = np.random.default_rng([cfg.seed, 23, _SPLIT_IDS[split]])
         speakers = tts.speakers_for(split)
-        # unseen speakers first in the test rotation, so even a tiny test split has one
-        order = [s for s in speakers if s.test_only] + [
-            speakers[i] for i in rng.permutation(len(speakers)) if not speakers[i].test_only
+        # held-out speakers first in the rotation, so even a tiny evaluation split has one
+        order = [s for s in speakers if s.held_out] + [
+            speakers[i] for i in rng.permutation(len(speakers)) if not speakers[i].held_out
         ]
         numbers: dict[str, int] = {}
         for i in range(counts[split]):
@@ -269,7 +271,17 @@ def generate(cfg: SynthConfig) -> dict:
         "roi_size": lips.ROI_SIZE,
         "labels": {s: f"labels/{cfg.dataset}_{s}.csv" for s in grammar.SPLITS},
         "speakers": {s: [sp.as_dict() for sp in tts.speakers_for(s)] for s in grammar.SPLITS},
+        # a speaker heard in training is "seen"; each evaluation split also has voices of its own
+        "held_out_speakers": {
+            s: [sp.id for sp in tts.SPEAKERS if sp.held_out == s] for s in grammar.SPLITS if s != "train"
+        },
         "unseen_speakers": [sp.id for sp in tts.SPEAKERS if sp.test_only],
+        # the default noise (data.noise_file / data.eval_noise_file unset): two babble tracks whose
+        # talkers are disjoint, training augmentation and validation/test noise
+        "babble_talkers": {
+            track: [v.name for v in babble.babble_voices(babble.BABBLE_VOICES, track)]
+            for track in babble.TRACKS
+        },
         "held_out_pairs": [list(p) for p in sorted(grammar.held_out_pairs(cfg.seed))],
         "faces": [
             {"video": r.rel_path, "transcript": r.rel_path[:-4] + ".txt", "text": r.text, "fps": FACE_FPS}

@@ -6,7 +6,8 @@ start in the generated audio (``audio_position`` gives the same in milliseconds)
 global state, so there is one engine per process (:func:`engine`).
 
 Speakers are espeak-ng voice settings (voice + variant, speed, pitch, pitch range); the table
-:data:`SPEAKERS` fixes which ones are used for training and which are held out for the test split.
+:data:`SPEAKERS` fixes which ones are used for training and which are held out for the validation
+and for the test split.
 """
 
 from __future__ import annotations
@@ -80,18 +81,28 @@ class Voice:
 
 @dataclass(frozen=True)
 class Speaker:
-    """A synthetic speaker: an id (the folder name in the corpus), a voice, and whether it is reserved
-    for the test split (an unseen speaker)."""
+    """A synthetic speaker: an id (the folder name in the corpus), a voice, and the one split it is held
+    out for (``val`` or ``test``: it speaks only there, never in training), or ``None`` for a training
+    voice (heard in training, and also in validation and test)."""
 
     id: str
     voice: Voice
-    test_only: bool = False
+    held_out: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.held_out not in (None, "val", "test"):
+            raise ValueError(f"speaker {self.id}: held_out must be 'val', 'test' or None")
+
+    @property
+    def test_only(self) -> bool:
+        return self.held_out == "test"
 
     def as_dict(self) -> dict:
-        return {"id": self.id, **asdict(self.voice), "test_only": self.test_only}
+        return {"id": self.id, **asdict(self.voice), "held_out": self.held_out}
 
 
-#: speakers of the synthetic corpus; the ``test_only`` ones never occur in training or validation
+#: speakers of the synthetic corpus. Held-out voices speak in one evaluation split only, and the two
+#: splits hold out different voices: settings chosen on validation are not chosen on the test voices.
 SPEAKERS: tuple[Speaker, ...] = (
     Speaker("spk00", Voice("en-us", 165, 45, 55)),
     Speaker("spk01", Voice("en-us+f3", 170, 60, 60)),
@@ -104,15 +115,18 @@ SPEAKERS: tuple[Speaker, ...] = (
     Speaker("spk08", Voice("en-029+m2", 160, 45, 50)),
     Speaker("spk09", Voice("en-us+m7", 175, 30, 35)),
     # held out for test: an accent and a variant never heard in training
-    Speaker("spk10", Voice("en-gb-scotland+f5", 165, 60, 55), test_only=True),
-    Speaker("spk11", Voice("en-us+m4", 190, 42, 60), test_only=True),
+    Speaker("spk10", Voice("en-gb-scotland+f5", 165, 60, 55), held_out="test"),
+    Speaker("spk11", Voice("en-us+m4", 190, 42, 60), held_out="test"),
+    # held out for validation: accents / variants heard neither in training nor in test
+    Speaker("spk12", Voice("en-gb-x-gbcwmd+m6", 170, 38, 45), held_out="val"),
+    Speaker("spk13", Voice("en-gb-x-gbclan+f1", 180, 66, 62), held_out="val"),
 )
 
 
 def speakers_for(split: str) -> list[Speaker]:
-    """Speakers used in a split: training and validation use the seen speakers, test uses all of them
-    (seen and unseen)."""
-    return [s for s in SPEAKERS if split == "test" or not s.test_only]
+    """Speakers used in a split: training uses the training voices; validation and test use them too
+    (seen voices) plus their own held-out voices."""
+    return [s for s in SPEAKERS if s.held_out is None or s.held_out == split]
 
 
 @dataclass
