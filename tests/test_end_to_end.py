@@ -114,7 +114,7 @@ def test_train_eval_transcribe(modality, corpus, tmp_path, capsys):
 
     assert main(["eval", "--model", str(model_dir), "--snr", "clean,0", "--out", str(tmp_path / "eval")]) == 0
     table = capsys.readouterr().out
-    assert "WER %" in table and "clean" in table
+    assert "WER %" in table and "clean" in table and "seen %" in table and "held-out %" in table
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     (summary,) = results.values()
     expected_snrs = {"clean", "0"} if "audio" in modality else {"clean"}
@@ -122,6 +122,11 @@ def test_train_eval_transcribe(modality, corpus, tmp_path, capsys):
     for r in summary["by_snr"].values():
         assert r["utterances"] == 3 and r["wer_ref"] > 0 and 0 <= r["cer"]
         assert r["wer_sub"] + r["wer_ins"] + r["wer_del"] == round(r["wer"] * r["wer_ref"])
+        # the 3 test utterances: the two held-out test voices first, then a training voice
+        groups = r["groups"]
+        assert (groups["held_out"]["utterances"], groups["seen"]["utterances"]) == (2, 1)
+        assert groups["held_out"]["wer_ref"] + groups["seen"]["wer_ref"] == r["wer_ref"]
+        assert {s for s, v in r["speakers"].items() if not v["seen"]} == {"spk10", "spk11"}
     assert (tmp_path / "eval" / "wer_vs_snr.png").stat().st_size > 1000
     lines = (tmp_path / "eval" / f"{summary['label']}_clean.jsonl").read_text().splitlines()
     assert len(lines) == 3 and {"id", "ref", "hyp", "wer"} <= set(json.loads(lines[0]))

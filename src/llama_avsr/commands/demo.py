@@ -3,7 +3,9 @@
 1. synthesise a small audio-visual corpus (espeak-ng voices + rendered lips, LRS3 layout);
 2. train an AVSR model: Whisper tiny.en (frozen) + a small AV-HuBERT trained from scratch +
    SmolLM2-135M with LoRA (configs/demo/avsr.yaml);
-3. evaluate on the held-out test split (unseen sentences and voice), clean and in babble noise;
+3. evaluate on the test split (sentences never seen in training, spoken by training voices and by two
+   held-out voices; WER overall, on seen and on held-out voices), clean and in babble noise whose
+   talkers differ from the training babble's;
 4. transcribe a raw full-face video (face detection and mouth cropping on the fly).
 
 ``--full`` trains ASR, VSR and AVSR models for longer and compares them over an SNR sweep.
@@ -52,7 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: 9, or 15 with --full: 3 models, ≈55 minutes in all on 2 cores)",
     )
     p.add_argument("--train", type=int, default=1200, help="training utterances to synthesise")
-    p.add_argument("--test", type=int, default=100, help="test utterances (unseen sentences and voice)")
+    p.add_argument("--val", type=int, default=100, help="validation utterances (for choosing settings)")
+    p.add_argument(
+        "--test", type=int, default=100, help="test utterances (unseen sentences; seen and held-out voices)"
+    )
     p.add_argument("--snr", default=None, help="SNRs to evaluate (default: clean,0; --full: clean,10,5,0,-5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corpus and the training run")
     p.add_argument("--jobs", type=int, default=2, help="processes for corpus synthesis")
@@ -99,7 +104,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     corpus = out / "corpus"
     scfg = SynthConfig(
-        out=corpus, n_train=args.train, n_val=20, n_test=args.test, n_faces=2, seed=args.seed, jobs=args.jobs
+        out=corpus,
+        n_train=args.train,
+        n_val=args.val,
+        n_test=args.test,
+        n_faces=2,
+        seed=args.seed,
+        jobs=args.jobs,
     )
     manifest_file = corpus / MANIFEST
     if manifest_file.is_file() and json.loads(manifest_file.read_text()).get("counts") == {
@@ -166,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
     plot_wer_vs_snr(summaries, out / "wer_vs_snr.png")
     lines = [
         "",
-        "Llama-AVSR demo results (test split: unseen sentences, seen and unseen voices)",
+        "Llama-AVSR demo results (test split: sentences unseen in training; WER over all utterances, "
+        "on voices heard in training and on held-out voices)",
         comparison_table(summaries),
         "",
         results_table(summaries),

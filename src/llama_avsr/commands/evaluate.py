@@ -7,8 +7,12 @@ import argparse
 HELP = "evaluate a model directory: WER/CER (+S/I/D), per-utterance JSONL, SNR sweep table, JSON and plot"
 DESCRIPTION = (
     HELP + ". Text is normalised before scoring (lower-case, punctuation except apostrophes removed, "
-    "spaces collapsed; see llama_avsr/evaluation/metrics.py). Results go to --out: <label>_<snr>.jsonl, "
-    "results.json and wer_vs_snr.png; they are also merged into the model directory's results.json."
+    "spaces collapsed; see llama_avsr/evaluation/metrics.py). WER is reported over all items, on voices "
+    "seen in training and on held-out voices (speaker = the folder holding the utterance; seen = it has "
+    "an utterance in the training CSV), and per speaker; unreadable items are counted (--score-skipped "
+    "scores them as full errors). Results go to --out: <label>_<snr>.jsonl, results.json and "
+    "wer_vs_snr.png; they are also merged into the model directory's results.json. Choose settings with "
+    "--split val; run the test split once per reported configuration."
 )
 
 EXAMPLES = """\
@@ -25,7 +29,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="model directory (written by `llama-avsr train` / `import-reference`) or a hub repo id",
     )
     p.add_argument("--root", default=None, help="corpus root (default: the one the model was trained on)")
-    p.add_argument("--csv", default=None, help="label CSV to evaluate (default: the config's test_csv)")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("val", "test"),
+        help="which label CSV of the config to evaluate: val (for choosing settings) or test",
+    )
+    p.add_argument("--csv", default=None, help="label CSV to evaluate (default: the config's one of --split)")
+    p.add_argument(
+        "--score-skipped",
+        action="store_true",
+        help="score items that cannot be read as full errors (default: leave them out of the WER, counted)",
+    )
     p.add_argument("--snr", default="clean", help="comma-separated SNRs in dB, e.g. clean,10,5,0,-5")
     p.add_argument(
         "--noise-file",
@@ -58,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
     data = exp.data
     changes = {
         k: v
-        for k, v in {"root": args.root, "test_csv": args.csv, "eval_noise_file": args.noise_file}.items()
+        for k, v in {
+            "root": args.root,
+            f"{args.split}_csv": args.csv,
+            "eval_noise_file": args.noise_file,
+        }.items()
         if v
     }
     data = dataclasses.replace(data, **changes)
@@ -66,10 +85,12 @@ def run(args: argparse.Namespace) -> int:
     dchanges = {"num_beams": args.beams, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}
     dec = dataclasses.replace(dec, **{k: v for k, v in dchanges.items() if v is not None})
     from llama_avsr.commands import resolve_device
-    from llama_avsr.evaluation.run import results_table
+    from llama_avsr.evaluation.report import results_table, speaker_table
 
     summary = evaluate_model_dir(
-        args.model, data, args.out, parse_snrs(args.snr), "test", dec, args.label, resolve_device(args.device)
-    )
+        args.model, data, args.out, parse_snrs(args.snr), args.split, dec, args.label,
+        resolve_device(args.device), skipped_as_errors=args.score_skipped,
+    )  # fmt: skip
+    print(speaker_table(summary["by_snr"]) + "\n")  # noqa: T201
     print(results_table({summary["label"]: summary["by_snr"]}))  # noqa: T201
     return 0

@@ -17,7 +17,9 @@ from llama_avsr.data.collate import Collator
 from llama_avsr.data.config import DataConfig
 from llama_avsr.data.dataset import build_dataloader, load_split
 from llama_avsr.decoding.options import DecodingOptions
-from llama_avsr.evaluation.metrics import ErrorCounts, char_errors, word_errors
+from llama_avsr.evaluation import report
+from llama_avsr.evaluation.metrics import char_errors, word_errors
+from llama_avsr.evaluation.report import results_table, speaker_table  # noqa: F401  (re-exported)
 from llama_avsr.models.avsr import AVSRModel
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ def decode_split(
     speed = {
         "utterances": len(records),
         "skipped": len(skipped),
+        "skipped_ids": skipped,
         "decode_seconds": round(elapsed, 2),
         "utterances_per_second": round(len(records) / elapsed, 3) if elapsed else math.inf,
         "real_time_factor": round(elapsed / media_seconds, 4) if media_seconds else math.nan,
@@ -110,11 +113,9 @@ def decode_split(
 
 
 def score(records: list[dict[str, Any]]) -> dict[str, Any]:
-    words, chars = ErrorCounts(), ErrorCounts()
-    for r in records:
-        words = words + word_errors(r["ref"], r["hyp"])
-        chars = chars + char_errors(r["ref"], r["hyp"])
-    return {**words.as_dict("wer"), **chars.as_dict("cer")}
+    """WER/CER with S/I/D counts over decoded records (for speaker groups and skipped items see
+    :func:`llama_avsr.evaluation.report.breakdown`)."""
+    return {k: v for k, v in report.breakdown(records, None).items() if k.startswith(("wer", "cer"))}
 
 
 def evaluate(
@@ -125,9 +126,14 @@ def evaluate(
     split: str = "test",
     options: DecodingOptions | None = None,
     label: str = "model",
+    skipped_as_errors: bool = False,
 ) -> dict[str, Any]:
     """Decode ``split`` at each SNR (babble noise on the audio; video untouched), write
-    ``<out>/<label>_<snr>.jsonl`` per utterance, ``<out>/results.json``, ``<out>/wer_vs_snr.png``."""
+    ``<out>/<label>_<snr>.jsonl`` per utterance, ``<out>/results.json``, ``<out>/wer_vs_snr.png``.
+
+    Scores per SNR hold the WER over all items, per speaker and for voices seen in training vs held
+    out, and the count of skipped (unreadable) items — scored as full errors with ``skipped_as_errors``
+    (:mod:`llama_avsr.evaluation.report`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     snrs = snrs if snrs is not None else [data.decode_snr_target]
@@ -135,13 +141,17 @@ def evaluate(
         log.info("%s reads no audio: noise does not change its input; decoding once", label)
         snrs = [None]
     results: dict[str, Any] = {}
+    seen = report.training_speakers(data)
     for snr in snrs:
         d = dataclasses.replace(data, decode_snr_target=snr)
         records, speed = decode_split(model, d, split, options, desc=f"{label} @ {snr_label(snr)}")
+        skipped_ids = speed.pop("skipped_ids")
+        if skipped_ids:
+            records = records + report.skipped_records(skipped_ids, report.references(d, split))
         with (out / f"{label}_{snr_label(snr)}.jsonl").open("w") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
-        results[snr_label(snr)] = {**score(records), **speed}
+        results[snr_label(snr)] = {**speed, **report.breakdown(records, seen, skipped_as_errors)}
     summary = {"label": label, "split": split, "modalities": model.cfg.modalities, "by_snr": results}
     all_file = out / "results.json"
     merged = json.loads(all_file.read_text()) if all_file.is_file() else {}
@@ -150,19 +160,6 @@ def evaluate(
     plot_wer_vs_snr({k: v["by_snr"] for k, v in merged.items()}, out / "wer_vs_snr.png")
     log.debug("\n%s", results_table({label: results}))  # the commands print it
     return summary
-
-
-def results_table(by_label: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """A plain-text table: one row per (model, SNR) with WER, CER, S/I/D and speed."""
-    head = f"{'model':<14} {'SNR dB':>7} {'WER %':>7} {'CER %':>7} {'sub':>5} {'ins':>5} {'del':>5} {'words':>6} {'utt/s':>7}"
-    lines = [head, "-" * len(head)]
-    for label, by_snr in by_label.items():
-        for snr, r in by_snr.items():
-            lines.append(
-                f"{label:<14} {snr:>7} {100 * r['wer']:>7.2f} {100 * r['cer']:>7.2f} {r['wer_sub']:>5} "
-                f"{r['wer_ins']:>5} {r['wer_del']:>5} {r['wer_ref']:>6} {r['utterances_per_second']:>7.2f}"
-            )
-    return "\n".join(lines)
 
 
 def plot_wer_vs_snr(by_label: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> None:
@@ -203,6 +200,7 @@ def evaluate_model_dir(
     options: DecodingOptions | None = None,
     label: str | None = None,
     device: str = "cpu",
+    skipped_as_errors: bool = False,
 ) -> dict[str, Any]:
     from llama_avsr.model_dir import load_model_dir, update_results
 
@@ -212,6 +210,6 @@ def evaluate_model_dir(
     if out_dir is None:  # beside a local model; for a hub repo id, under ./eval/<owner>__<name>
         local = Path(model_dir)
         out_dir = local / "eval" if local.is_dir() else Path("eval") / str(model_dir).replace("/", "__")
-    summary = evaluate(model, data, out_dir, snrs, split, options or exp.decode, label)
+    summary = evaluate(model, data, out_dir, snrs, split, options or exp.decode, label, skipped_as_errors)
     update_results(model_dir, {"evaluation": summary})
     return summary
