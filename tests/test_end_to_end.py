@@ -257,6 +257,35 @@ def test_final_model_is_the_average_of_the_last_checkpoints(corpus, tmp_path):
     assert avg["w"].tolist() == [3.0, 3.0] and avg["n"].item() == 3
 
 
+def test_validation_wer_is_logged_and_selects_the_final_model(corpus, tmp_path):
+    import csv
+
+    out = tmp_path / "run"
+    overrides = [
+        "train.max_steps=5",
+        "train.val_every_steps=2",
+        "train.select=best_val_wer",
+        "data.max_frames=80",
+    ]
+    assert main(["train", "--config", str(TINY), *common(corpus, out), *overrides]) == 0
+    with open(out / "logs" / "csv" / "metrics.csv", newline="") as f:
+        logged = [float(r["val/wer"]) for r in csv.DictReader(f) if r.get("val/wer")]
+    training = json.loads((out / "model" / "results.json").read_text())["training"]
+    history = training["val_wer"]
+    # validated at steps 2 and 4 during training, and the final weights (step 5) after it
+    assert [h["step"] for h in history] == [2, 4, 5] and [h["wer"] for h in history] == logged
+    sel = training["selection"]
+    best = min(history, key=lambda h: h["wer"])
+    assert sel["select"] == "best_val_wer" and (sel["step"], sel["val_wer"]) == (best["step"], best["wer"])
+    (name,) = sel["checkpoints"]
+    (ckpt,) = [p for p in (out / "checkpoints").rglob(name)]
+    chosen = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    saved = load_file(str(out / "model" / "trainable.safetensors"))
+    assert set(saved) == {k.removeprefix("model.") for k in chosen}
+    for k, v in chosen.items():
+        torch.testing.assert_close(saved[k.removeprefix("model.")], v)
+
+
 @pytest.mark.slow
 def test_real_demo_configuration_runs_a_few_steps(tmp_path, capsys):
     """The demo itself (real Whisper tiny.en, SmolLM2-135M, AV-HuBERT from scratch), shortened."""

@@ -22,6 +22,8 @@ SHARDED_STRATEGIES = (
 PRECISIONS = ("bf16-mixed", "bf16-true", "32-true", "16-mixed")
 FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
 QUANTIZATION = ("nf4", "int8")
+#: how the final model is chosen (``TrainConfig.select``)
+SELECT = ("average_last", "last", "best_val_wer")
 
 
 @dataclass
@@ -55,9 +57,18 @@ class TrainConfig:
     llm_quantization: ``nf4`` or ``int8``: store the frozen LLM linear weights quantised with
         bitsandbytes (QLoRA-style; CUDA only; ``pip install bitsandbytes``); LoRA and the projectors stay
         in full precision. ``None``: the LLM in ``model.llm.dtype`` (``bfloat16`` for large models).
-    average_last: average the trainable weights of the last N checkpoints into the final model.
+    select: which weights become the final model: ``average_last`` — the average of the last
+        ``average_last`` checkpoints (the paper's recipe; 1 = the last); ``last`` — the last checkpoint;
+        ``best_val_wer`` — the weights with the lowest validation WER among the validations of the run
+        (``val_every_steps``; the final weights are validated too when the last validation was earlier).
+        Needs ``data.val_csv``.
+    average_last: how many checkpoints ``select: average_last`` averages.
     checkpoint_every_steps: also checkpoint every N steps (0: only at epoch ends).
     val_every_steps: validate every N optimiser steps (0: at epoch ends; validation needs ``data.val_csv``).
+    val_wer: also decode the validation split (greedy unless ``val_beams``) at each validation and log
+        ``val/wer`` beside ``val/loss``. ``None``: on, except under sharded strategies (FSDP/DeepSpeed
+        generation would need every rank to decode in lock step).
+    val_beams: beams of that decoding (1 = greedy; ``decode.max_new_tokens`` applies).
     log_every_steps: log the loss and learning rate every N optimiser steps.
     loggers: any of tensorboard, csv, wandb (``WANDB_MODE=offline`` works without a network).
     seed: seeds model initialisation and Lightning's generators.
@@ -97,9 +108,12 @@ class TrainConfig:
     num_nodes: int = 1
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
+    select: str = "average_last"
     average_last: int = 1
     checkpoint_every_steps: int = 0
     val_every_steps: int = 0
+    val_wer: bool | None = None
+    val_beams: int = 1
     log_every_steps: int = 10
     loggers: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
     seed: int = 42
@@ -120,6 +134,15 @@ class TrainConfig:
             raise ValueError(f"train.loggers: unknown {sorted(bad)}; choose from {LOGGERS}")
         if self.average_last < 1:
             raise ValueError("train.average_last must be >= 1")
+        if self.select not in SELECT:
+            raise ValueError(f"train.select must be one of {SELECT}, got {self.select!r}")
+        if self.val_beams < 1:
+            raise ValueError("train.val_beams must be >= 1")
+        if self.sharded and (self.val_wer or self.select == "best_val_wer"):
+            raise ValueError(
+                f"train.val_wer / train.select=best_val_wer do not work with train.strategy={self.strategy}: "
+                "validate the saved checkpoints with `llama-avsr eval --split val` instead"
+            )
         if len(self.betas) != 2:
             raise ValueError("train.betas needs two values")
         if self.schedule not in ("steps", "time"):
@@ -173,6 +196,11 @@ class TrainConfig:
         return self.ctc_warmup_epochs > 0
 
     @property
+    def validation_wer(self) -> bool:
+        """Whether validation decodes and scores the split (``val_wer``, resolved)."""
+        return (not self.sharded) if self.val_wer is None else self.val_wer
+
+    @property
     def sharded(self) -> bool:
         """Whether parameters (and checkpoints) are sharded over the ranks (FSDP, DeepSpeed)."""
         return self.strategy in SHARDED_STRATEGIES
@@ -184,6 +212,13 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodingOptions = field(default_factory=DecodingOptions)
+
+    def __post_init__(self) -> None:
+        if self.train.select == "best_val_wer":
+            if self.data.val_csv is None:
+                raise ValueError("train.select=best_val_wer needs a validation split: set data.val_csv")
+            if not self.train.validation_wer:
+                raise ValueError("train.select=best_val_wer needs train.val_wer (it is off)")
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

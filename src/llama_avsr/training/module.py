@@ -11,7 +11,8 @@ Distributed semantics (any strategy, any number of processes R, gradient accumul
   contributes ``sum_b · R · A / tokens_window``: Lightning divides by A and DDP/FSDP average the
   gradients over R, so the gradient is that of the global token mean, whatever R and A are;
 - validation sums the loss and the token count over every rank before dividing, leaving out the
-  batches repeated to even out the ranks;
+  batches repeated to even out the ranks; so does the validation WER (greedy decoding of the split,
+  ``train.val_wer``): word errors and reference words are summed over the ranks, then divided;
 - checkpoints record how many batches of the epoch's global list were consumed, so a run resumes on a
   different number of processes (``data.sampler``).
 """
@@ -32,6 +33,8 @@ from torch.utils.data import DataLoader
 from llama_avsr.data.batch import PAD_LABEL, Batch
 from llama_avsr.data.collate import Collator
 from llama_avsr.data.dataset import build_dataloader, load_split
+from llama_avsr.decoding.options import DecodingOptions
+from llama_avsr.evaluation.metrics import ErrorCounts, word_errors
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.training.config import ExperimentConfig
 from llama_avsr.training.distributed import clean_name, trainable_keys
@@ -71,6 +74,22 @@ def audio_variant(model: AVSRModel) -> str:
         if "audio" in s.inputs and model.encoders[s.encoder].raw_audio:
             return "raw"
     return "default"
+
+
+def compile_for_training(model: AVSRModel) -> list[torch.nn.Module]:
+    """``torch.compile`` (in place, dynamic shapes) the LLM's decoder stack and every encoder that
+    trains; the parameter names, hence checkpoints, do not change. Returns the compiled modules.
+
+    Frozen encoders stay eager: they run under ``no_grad`` (or from the feature cache), where
+    compilation buys little. The first steps are slow while the graphs compile (minutes on a CPU)."""
+    from llama_avsr.models.llm import base_causal_lm
+
+    targets: list[torch.nn.Module] = [base_causal_lm(model.llm).get_decoder()]
+    targets += [enc for enc in model.encoders.values() if any(p.requires_grad for p in enc.parameters())]
+    for m in targets:
+        m.compile(dynamic=True)
+    log.info("train.compile: compiled %s", [type(m).__name__ for m in targets])
+    return targets
 
 
 def target_tokens(batch: Batch) -> int:
@@ -150,6 +169,8 @@ class AVSRLightning(L.LightningModule):
             from llama_avsr.training.quantize import quantize_frozen_llm
 
             quantize_frozen_llm(self.model.llm, exp.train.llm_quantization)
+        #: modules compiled for the training step (``train.compile``); validation runs them eagerly
+        self.compiled = compile_for_training(self.model) if exp.train.compile else []
         # checkpoints hold only the trainable weights; the frozen ones come from their sources
         self.strict_loading = False
         self.trainable_keys = trainable_keys(self.model)
@@ -160,7 +181,9 @@ class AVSRLightning(L.LightningModule):
         self._global_done = 0  # batches of the epoch's global list consumed by all ranks together
         self._counters_epoch = -1  # the epoch these two counters are for
         self._window = torch.zeros(2, dtype=torch.float64)  # summed loss and tokens of the window
-        self._val = torch.zeros(2, dtype=torch.float64)
+        self._val = torch.zeros(4, dtype=torch.float64)  # loss sum, tokens, word errors, reference words
+        #: (global step, validation WER) of each validation of this run (for ``train.select``)
+        self.val_history: list[tuple[int, float]] = []
         #: utterances trained on in this process / by all processes (throughput report)
         self.utterances_seen = 0
         self.utterances_total = 0
@@ -212,7 +235,11 @@ class AVSRLightning(L.LightningModule):
         return done % self.trainer.accumulate_grad_batches == 0 or last
 
     def on_validation_epoch_start(self) -> None:
-        self._val = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self._val = torch.zeros(4, dtype=torch.float64, device=self.device)
+        # decoding's shapes (one new token over a growing cache) would recompile the training graphs
+        self._compiled_calls = [(m, m._compiled_call_impl) for m in self.compiled]
+        for m in self.compiled:
+            m._compiled_call_impl = None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if len(batch) == 0:
@@ -221,13 +248,32 @@ class AVSRLightning(L.LightningModule):
         sampler = getattr(self.trainer.datamodule, "val_sampler", None)
         if sampler is not None and sampler.is_padding(batch_idx):
             return  # a batch repeated to give every rank the same number of steps: counted once
-        self._val += torch.stack([out.lm_loss_sum.detach().double(), out.n_tokens.double()]).to(self._val)
+        errors = ErrorCounts()
+        if self.exp.train.validation_wer:
+            options = DecodingOptions(
+                num_beams=self.exp.train.val_beams, max_new_tokens=self.exp.decode.max_new_tokens
+            )
+            for ref, hyp in zip(batch.texts, self.model.generate(batch, options), strict=True):
+                errors = errors + word_errors(ref, hyp)
+        self._val += torch.tensor(
+            [float(out.lm_loss_sum), float(out.n_tokens), errors.errors, errors.reference_length],
+            dtype=torch.float64,
+            device=self._val.device,
+        )
 
     def on_validation_epoch_end(self) -> None:
-        loss_sum, tokens = self._sum_over_ranks(self._val).tolist()
+        loss_sum, tokens, errors, words = self._sum_over_ranks(self._val).tolist()
         if tokens > 0:
             self.log("val/loss", loss_sum / tokens, prog_bar=True)
             self.log("val/tokens", tokens)
+        for m, call in getattr(self, "_compiled_calls", []):
+            m._compiled_call_impl = call
+        self._compiled_calls = []
+        if words > 0 and self.exp.train.validation_wer:
+            wer = errors / words
+            self.log("val/wer", wer, prog_bar=True)
+            if not self.trainer.sanity_checking:
+                self.val_history.append((int(self.trainer.global_step), wer))
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -319,10 +365,12 @@ class AVSRLightning(L.LightningModule):
             }
         checkpoint["sampler"] = self.position()
         checkpoint["train_seconds"] = self.clock.seconds()
+        checkpoint["val_history"] = [list(h) for h in self.val_history]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.sampler_state = checkpoint.get("sampler")
         self.clock.before = float(checkpoint.get("train_seconds", 0.0))
+        self.val_history = [(int(step), float(wer)) for step, wer in checkpoint.get("val_history", [])]
         if "state_dict" not in checkpoint:  # sharded checkpoints: the strategy loads the weights
             return
         saved = set(checkpoint["state_dict"])

@@ -137,6 +137,44 @@ def checkpoints_in_order(ckpt_dir: Path) -> list[Path]:
     return [p for _, _, p in sorted(found)]
 
 
+def select_checkpoints(
+    select: str,
+    average_last: int,
+    ckpt_dir: Path,
+    val_history: list[tuple[int, float]],
+    best: ModelCheckpoint | None = None,
+) -> tuple[list[Path], dict[str, Any]]:
+    """The checkpoints the final model is made of (averaged when several) and a record of the choice.
+
+    select: ``average_last`` (the last ``average_last`` step/epoch checkpoints), ``last``, or
+        ``best_val_wer``: the lowest validation WER in ``val_history`` (the first of equal ones) — the
+        checkpoint ``best`` saved at that validation, or the step's own checkpoint for the final weights
+        (validated after training, when ``best`` no longer saves). Falls back to the last checkpoint, with a warning, when nothing was validated.
+    """
+    saved = checkpoints_in_order(ckpt_dir)
+    if not saved and (ckpt_dir / "last.ckpt").exists():
+        saved = [ckpt_dir / "last.ckpt"]
+    record: dict[str, Any] = {"select": select}
+    if select == "best_val_wer":
+        best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
+        if not val_history or best_path is None:
+            log.warning("train.select=best_val_wer: no validation WER was measured; using the last weights")
+        else:
+            step, wer = min(val_history, key=lambda h: h[1])  # the first of equal ones, as `best` keeps
+            if not best_path.stem.endswith(f"step={step}"):
+                # the best weights were validated outside fit (the final ones): their step checkpoint
+                at_step = [p for p in saved if p.stem.endswith(f"step={step}")]
+                if at_step:
+                    best_path = at_step[-1]
+                else:
+                    step, wer = int(best_path.stem.split("step=")[-1]), float(best.best_model_score)
+            record.update(step=step, val_wer=wer)
+            return [best_path], {**record, "checkpoints": [best_path.name]}
+        select = "last"
+    ckpts = saved[-(average_last if select == "average_last" else 1) :]
+    return ckpts, {**record, "checkpoints": [p.name for p in ckpts]}
+
+
 def _ctc_warmup(module: AVSRLightning, exp: ExperimentConfig, out: Path) -> None:
     """The projector warm-up before the first step (``training/warmup.py``), on this rank's GPU if any."""
     from llama_avsr.training.warmup import ctc_warmup
@@ -182,6 +220,23 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
         # the next --resume would go back to the stale one
         enable_version_counter=False,
     )
+    # the weights of the best validation WER so far (train.select=best_val_wer), kept apart from the
+    # step/epoch checkpoints that averaging reads
+    best = (
+        ModelCheckpoint(
+            dirpath=ckpt_dir / "best",
+            filename="{epoch}-step={step}",
+            monitor="val/wer",
+            mode="min",
+            save_top_k=1,
+            save_last=False,
+            save_on_train_epoch_end=False,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+        if t.select == "best_val_wer"
+        else None
+    )
     trainer = L.Trainer(
         default_root_dir=str(out),
         max_epochs=t.epochs if t.max_steps <= 0 else -1,
@@ -197,6 +252,7 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
         logger=_loggers(exp, out) or False,
         callbacks=[
             checkpoint,
+            *([best] if best is not None else []),
             TQDMProgressBar(refresh_rate=1),
             _WriteExperiment(exp, out / "experiment.json"),
         ],
@@ -241,17 +297,24 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
     )
     if trainer.strategy.broadcast(missing, src=0):
         trainer.save_checkpoint(ckpt_dir / final)
+    if best is not None and trainer.global_step > 0:
+        validated = [step for step, _ in module.val_history]
+        if not validated or validated[-1] != trainer.global_step:
+            log.info(
+                "validating the final weights (step %d) for train.select=best_val_wer", trainer.global_step
+            )
+            trainer.validate(module, datamodule=data, verbose=False)
     set_rank(trainer.global_rank)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # no collectives from here on
     if trainer.global_rank != 0:
         return out / "model"
-    ckpts = checkpoints_in_order(ckpt_dir)[-t.average_last :]
-    if not ckpts and (ckpt_dir / "last.ckpt").exists():
-        ckpts = [ckpt_dir / "last.ckpt"]
+    ckpts, selection = select_checkpoints(t.select, t.average_last, ckpt_dir, module.val_history, best)
     state = average_checkpoints(ckpts, set(module.trainable_keys)) if ckpts else None
-    log.info("final model: average of %d checkpoint(s): %s", len(ckpts), [p.name for p in ckpts])
+    log.info("final model (%s): %s", t.select, [p.name for p in ckpts])
     stats = {
+        "selection": selection,
+        "val_wer": [{"step": step, "wer": wer} for step, wer in module.val_history],
         "train_steps": int(trainer.global_step),
         "train_seconds": round(elapsed, 1),
         "train_utterances": module.utterances_total,
