@@ -68,3 +68,11 @@ def test_select_option_is_checked():
     with pytest.raises(ValueError, match="sharded|strategy"):
         TrainConfig(strategy="fsdp", select="best_val_wer")
     assert TrainConfig().validation_wer and not TrainConfig(strategy="fsdp").validation_wer
+
+
+def test_train_compile_is_not_an_accepted_option():
+    """It was accepted and ignored; now an override of it is an error (docs/performance.md says why)."""
+    from llama_avsr.config import from_dict
+
+    with pytest.raises(ValueError, match="compile"):
+        from_dict(TrainConfig, {"compile": True})

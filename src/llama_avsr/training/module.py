@@ -76,22 +76,6 @@ def audio_variant(model: AVSRModel) -> str:
     return "default"
 
 
-def compile_for_training(model: AVSRModel) -> list[torch.nn.Module]:
-    """``torch.compile`` (in place, dynamic shapes) the LLM's decoder stack and every encoder that
-    trains; the parameter names, hence checkpoints, do not change. Returns the compiled modules.
-
-    Frozen encoders stay eager: they run under ``no_grad`` (or from the feature cache), where
-    compilation buys little. The first steps are slow while the graphs compile (minutes on a CPU)."""
-    from llama_avsr.models.llm import base_causal_lm
-
-    targets: list[torch.nn.Module] = [base_causal_lm(model.llm).get_decoder()]
-    targets += [enc for enc in model.encoders.values() if any(p.requires_grad for p in enc.parameters())]
-    for m in targets:
-        m.compile(dynamic=True)
-    log.info("train.compile: compiled %s", [type(m).__name__ for m in targets])
-    return targets
-
-
 def target_tokens(batch: Batch) -> int:
     """Transcript tokens (EOS included) the loss is computed on: the model's ``n_tokens``."""
     if batch.target_ids is None or len(batch) == 0:
@@ -169,8 +153,6 @@ class AVSRLightning(L.LightningModule):
             from llama_avsr.training.quantize import quantize_frozen_llm
 
             quantize_frozen_llm(self.model.llm, exp.train.llm_quantization)
-        #: modules compiled for the training step (``train.compile``); validation runs them eagerly
-        self.compiled = compile_for_training(self.model) if exp.train.compile else []
         # checkpoints hold only the trainable weights; the frozen ones come from their sources
         self.strict_loading = False
         self.trainable_keys = trainable_keys(self.model)
@@ -236,10 +218,6 @@ class AVSRLightning(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val = torch.zeros(4, dtype=torch.float64, device=self.device)
-        # decoding's shapes (one new token over a growing cache) would recompile the training graphs
-        self._compiled_calls = [(m, m._compiled_call_impl) for m in self.compiled]
-        for m in self.compiled:
-            m._compiled_call_impl = None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if len(batch) == 0:
@@ -266,9 +244,6 @@ class AVSRLightning(L.LightningModule):
         if tokens > 0:
             self.log("val/loss", loss_sum / tokens, prog_bar=True)
             self.log("val/tokens", tokens)
-        for m, call in getattr(self, "_compiled_calls", []):
-            m._compiled_call_impl = call
-        self._compiled_calls = []
         if words > 0 and self.exp.train.validation_wer:
             wer = errors / words
             self.log("val/wer", wer, prog_bar=True)
