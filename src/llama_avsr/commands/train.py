@@ -13,8 +13,9 @@ DESCRIPTION = (
     "train.strategy=ddp train.devices=8. Writes to -o/--out (default: train.out_dir, which is "
     "runs/<recipe> unless the recipe sets it): checkpoints/ "
     "(trainable weights, optimiser, sampler position), logs/ (TensorBoard, CSV, wandb) and model/ "
-    "(the average of the last train.average_last checkpoints), then evaluates on data.test_csv when "
-    "train.eval_at_end is true."
+    "(chosen by train.select: the average of the last train.average_last checkpoints, the last one, or "
+    "best_val_wer — the lowest validation WER, logged as val/wer when data.val_csv is set), then "
+    "evaluates on data.test_csv when train.eval_at_end is true."
 )
 
 EXAMPLES = """\
