@@ -147,6 +147,35 @@ def test_transcribe_reports_bad_files_and_goes_on(corpus, tmp_path, capsys):
     assert "broken.mp4" in recs[0]["error"] and "text" in recs[1]
 
 
+def test_eval_counts_unreadable_items_and_can_score_them_as_errors(corpus, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(TINY), *common(corpus, out), "train.max_steps=1"]) == 0
+    broken = tmp_path / "corpus"
+    shutil.copytree(corpus, broken)
+    victim = sorted((broken / "synth" / "test").rglob("*.mp4"))[0]
+    for f in (victim, victim.with_suffix(".wav")):
+        f.write_bytes(b"\x00" * 100)
+    speaker = victim.parent.name
+    args = ["eval", "--model", str(out / "model"), "--root", str(broken), "--snr", "clean"]
+    assert main([*args, "--out", str(tmp_path / "left-out")]) == 0
+    table = capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "scored"), "--score-skipped"]) == 0
+    scored_table = capsys.readouterr().out
+    (left,) = json.loads((tmp_path / "left-out" / "results.json").read_text()).values()
+    (scored,) = json.loads((tmp_path / "scored" / "results.json").read_text()).values()
+    a, b = left["by_snr"]["clean"], scored["by_snr"]["clean"]
+    assert (a["utterances"], a["skipped"], b["utterances"], b["skipped"]) == (2, 1, 2, 1)
+    assert a["speakers"][speaker]["skipped"] == 1
+    # scored: every reference word of the unreadable item is a deletion
+    lines = (tmp_path / "scored" / f"{scored['label']}_clean.jsonl").read_text().splitlines()
+    (skipped,) = [json.loads(x) for x in lines if json.loads(x).get("skipped")]
+    n = len(skipped["ref"].split())
+    assert b["wer_ref"] == a["wer_ref"] + n and b["wer_del"] == a["wer_del"] + n
+    assert "not in the WER" in table and "scored as full errors" in scored_table
+
+
 def _last_step(ckpt_dir: Path) -> int:
     steps = [int(p.stem.split("step=")[1]) for p in ckpt_dir.glob("*step=*.ckpt")]
     return max(steps, default=0)
