@@ -16,6 +16,7 @@ DESCRIPTION = (
 )
 
 EXAMPLES = """\
+llama-avsr eval --model runs/paper-avsr/model --split val
 llama-avsr eval --model runs/paper-avsr/model --snr clean,10,5,0,-5
 llama-avsr eval --model models/vsr-released --root /data/lrs3 --csv lrs3_test_transcript_lengths_seg24s_LLM_lowercase.csv
 llama-avsr eval --model runs/demo-avsr/model --noise-file babble_noise.wav --snr 0 -o eval/babble0
