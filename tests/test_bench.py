@@ -11,6 +11,7 @@ import torch
 
 from llama_avsr.benchmark import SECTIONS, BenchConfig, format_report, load_bench_config
 from llama_avsr.cli import main
+from llama_avsr.decoding.search import generate
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "bench" / "tiny.yaml"
@@ -97,10 +98,10 @@ def test_prompt_once_per_utterance_gives_the_transcripts_of_the_per_beam_search(
     ]
     col = Collator(model.tokenizer, ["audio", "video"], with_targets=False)
     opts = dataclasses.replace(exp.decode, num_beams=3, max_new_tokens=6)
-    per_beam = model.generate(col(samples), dataclasses.replace(opts, prefill_once=False))
-    once = model.generate(col(samples), opts)
+    per_beam = generate(model, col(samples), dataclasses.replace(opts, prefill_once=False))
+    once = generate(model, col(samples), opts)
     assert once == per_beam
-    assert once == [model.generate(col([s]), opts)[0] for s in samples]
+    assert once == [generate(model, col([s]), opts)[0] for s in samples]
 
 
 def test_bench_a_model_directory_judges_identity_in_float32(tmp_path):

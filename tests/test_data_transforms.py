@@ -17,10 +17,10 @@ from llama_avsr.data.transforms import (
     VIDEO_STD,
     AdaptiveTimeMask,
     Crop,
-    WaveformLayerNorm,
     build_pipeline,
     build_transforms,
 )
+from llama_avsr.models.encoders.base import layer_norm_waveform
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -139,11 +139,19 @@ def test_add_noise_from_file_at_requested_snr(noise_wav: Path) -> None:
 def test_eval_pipeline_noise_at_decode_snr(noise_wav: Path) -> None:
     cfg = DataConfig(eval_noise_file=str(noise_wav), decode_snr_target=5.0)
     s = torch.from_numpy(speech_like(16000 * 2))
-    raw = build_pipeline("test", "audio", cfg, variant="raw")(s, gen())
-    assert abs(measure_snr(s, raw) - 5.0) < 0.1
-    normed = build_pipeline("test", "audio", cfg)(s, gen())
-    torch.testing.assert_close(normed, WaveformLayerNorm()(raw, gen()))
-    assert abs(float(normed.mean())) < 1e-4 and abs(float(normed.std()) - 1) < 1e-3
+    noisy = build_pipeline("test", "audio", cfg)(s, gen())
+    assert abs(measure_snr(s, noisy) - 5.0) < 0.1
+
+
+def test_encoders_layer_normalise_each_waveform_alone() -> None:
+    # the data pipeline leaves the waveform raw; Whisper / WavLM normalise it per utterance, padding aside
+    a, b = torch.from_numpy(speech_like(1600, seed=1)), 3 * torch.from_numpy(speech_like(900, seed=2)) + 0.5
+    wav = torch.stack([a, torch.cat([b, torch.full((700,), 9.0)])])
+    out = layer_norm_waveform(wav, torch.tensor([1600, 900]))
+    torch.testing.assert_close(out[0], torch.nn.functional.layer_norm(a, a.shape, eps=1e-8))
+    torch.testing.assert_close(out[1, :900], torch.nn.functional.layer_norm(b, b.shape, eps=1e-8))
+    assert not out[1, 900:].any()
+    assert abs(float(out[1, :900].mean())) < 1e-5 and abs(float(out[1, :900].std()) - 1) < 1e-3
 
 
 def test_clean_levels_never_load_noise(tmp_path: Path) -> None:
@@ -151,8 +159,8 @@ def test_clean_levels_never_load_noise(tmp_path: Path) -> None:
     s = torch.from_numpy(speech_like(1600))
     assert torch.equal(AddNoise(NoiseSource(tmp_path / "missing.wav"), [None])(s, gen()), s)
     p = build_pipeline("val", "audio", DataConfig())
-    assert [type(step).__name__ for step in p.steps] == ["WaveformLayerNorm"]
-    train = build_pipeline("train", "audio", DataConfig(), variant="raw")
+    assert p.steps == []
+    train = build_pipeline("train", "audio", DataConfig())
     assert [type(step).__name__ for step in train.steps] == ["AdaptiveTimeMask", "AddNoise"]
 
 
@@ -174,7 +182,7 @@ def test_training_and_evaluation_noise_come_from_their_own_files(tmp_path: Path)
 
 def test_train_audio_snr_choice_and_clean(noise_wav: Path) -> None:
     cfg = DataConfig(noise_file=str(noise_wav), train_snrs=[0.0, None])
-    add = build_pipeline("train", "audio", cfg, variant="raw").steps[1]
+    add = build_pipeline("train", "audio", cfg).steps[1]
     s = torch.from_numpy(speech_like(16000))
     outs = [add(s, gen(k)) for k in range(20)]
     clean = sum(torch.equal(o, s) for o in outs)
@@ -211,7 +219,7 @@ def test_build_transforms_per_modality() -> None:
     t = build_transforms("train", ["audio", "video"], DataConfig())
     assert set(t) == {"audio", "video"}
     assert t["audio"].steps[1].source is not None
-    with pytest.raises(ValueError, match="variant"):
-        build_pipeline("train", "audio", DataConfig(), variant="fbank")
+    with pytest.raises(ValueError, match="modality"):
+        build_pipeline("train", "text", DataConfig())
     with pytest.raises(ValueError, match="split"):
         build_pipeline("dev", "audio", DataConfig())

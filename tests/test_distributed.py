@@ -207,7 +207,6 @@ def test_fsdp_on_two_processes_checkpoints_shards_that_consolidate_into_a_loadab
     from llama_avsr.data.dataset import build_dataloader, load_split
     from llama_avsr.model_dir import load_model_dir
     from llama_avsr.training.distributed import read_trainable_state
-    from llama_avsr.training.module import audio_variant
     from llama_avsr.training.run import average_checkpoints
 
     assert_same_losses(fsdp, single)  # gradient clipping by norm included (over all shards)
@@ -235,7 +234,6 @@ def test_fsdp_on_two_processes_checkpoints_shards_that_consolidate_into_a_loadab
         exp.data,
         Collator(model.tokenizer, model.cfg.modalities),
         "val",
-        audio_variant=audio_variant(model),
     )
     batches = list(loader)
     with torch.no_grad():

@@ -21,9 +21,11 @@ from llama_avsr.config import (
 from llama_avsr.data.batch import PAD_LABEL
 from llama_avsr.data.collate import Collator
 from llama_avsr.decoding.options import DecodingOptions
+from llama_avsr.decoding.search import generate
 from llama_avsr.models.avsr import AVSRModel, TrainableStateError
 from llama_avsr.models.compression import build_compressor
 from llama_avsr.models.encoders import build_encoder
+from llama_avsr.models.encoders.base import layer_norm_waveform
 from llama_avsr.models.encoders.whisper import LogMel
 from llama_avsr.models.llm import load_tokenizer
 
@@ -153,8 +155,8 @@ def test_whisper_padded_mode_matches_hf_encoder_and_cuts_like_the_reference():
     n = torch.tensor([16000, 8000])
     feats, lens = enc({"audio": wav}, {"audio": n})
     assert feats.shape == (2, 50, 64) and lens.tolist() == [50, 25]
-    with torch.no_grad():
-        padded = torch.nn.functional.pad(wav * (torch.arange(16000) < n[:, None]), (0, 29 * 16000))
+    with torch.no_grad():  # the reference layer-normalises each waveform before Whisper's features
+        padded = torch.nn.functional.pad(layer_norm_waveform(wav, n), (0, 29 * 16000))
         ref = hf(LogMel(80)(padded, n)).last_hidden_state[:, :50]
     torch.testing.assert_close(feats, ref, atol=1e-4, rtol=1e-4)
 
@@ -296,9 +298,9 @@ def test_beam_search_is_deterministic_and_batched_equals_one_by_one(tokenizer):
     col = Collator(tokenizer, ["audio"], with_targets=False)
     s = samples()
     opts = DecodingOptions(num_beams=4, max_new_tokens=6)
-    batched = model.generate(col(s), opts)
-    assert batched == model.generate(col(s), opts)
-    assert batched == [model.generate(col([x]), opts)[0] for x in s]
+    batched = generate(model, col(s), opts)
+    assert batched == generate(model, col(s), opts)
+    assert batched == [generate(model, col([x]), opts)[0] for x in s]
     assert all(isinstance(t, str) for t in batched)
 
 

@@ -12,6 +12,7 @@ import torch
 from llama_avsr.config import ModelConfig, from_dict
 from llama_avsr.data.collate import Collator
 from llama_avsr.decoding.options import DecodingOptions
+from llama_avsr.decoding.search import generate
 from llama_avsr.model_dir import (
     CONFIG,
     FROZEN,
@@ -147,7 +148,7 @@ def test_save_load_gives_identical_outputs(trained, batch, tokenizer):
         assert torch.equal(model(batch).loss, loaded(batch).loss)
     assert torch.equal(logits(model, batch), logits(loaded, batch))
     gen = Collator(tokenizer, ["audio", "video"], with_targets=False)(samples())
-    assert model.generate(gen, OPTS) == loaded.generate(gen, OPTS)
+    assert generate(model, gen, OPTS) == generate(loaded, gen, OPTS)
     # the directory holds no pickles: only JSON, markdown and safetensors
     assert {p.suffix for p in path.iterdir()} <= {".json", ".md", ".safetensors"}
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in [path, *path.iterdir()])  # readable by others
@@ -198,7 +199,7 @@ def test_merged_export_needs_no_peft_and_gives_same_transcripts(trained, batch, 
     assert "merged" in (out / "README.md").read_text()
     torch.testing.assert_close(logits(merged, batch), logits(model, batch), atol=1e-4, rtol=1e-4)
     gen = Collator(tokenizer, ["audio", "video"], with_targets=False)(samples())
-    assert merged.generate(gen, OPTS) == model.generate(gen, OPTS)
+    assert generate(merged, gen, OPTS) == generate(model, gen, OPTS)
     with pytest.raises(ModelDirError, match="nothing to merge"):
         export_merged(out, tmp_path / "again")
 

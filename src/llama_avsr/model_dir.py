@@ -44,9 +44,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from llama_avsr.experiment import ExperimentConfig
 from llama_avsr.models.avsr import AVSRModel, TrainableStateError
 from llama_avsr.models.llm import base_causal_lm
-from llama_avsr.training.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 

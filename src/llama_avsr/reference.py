@@ -48,9 +48,9 @@ from typing import Any
 
 import torch
 
+from llama_avsr.experiment import ExperimentConfig
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.models.llm import base_causal_lm
-from llama_avsr.training.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 

@@ -92,11 +92,11 @@ class BenchConfig:
 
 
 def load_bench_config(path: str | Path, overrides: list[str] | None = None) -> tuple[Any, BenchConfig]:
-    """Read a benchmark YAML → (:class:`~llama_avsr.training.config.ExperimentConfig`, :class:`BenchConfig`).
+    """Read a benchmark YAML → (:class:`~llama_avsr.experiment.ExperimentConfig`, :class:`BenchConfig`).
 
     Overrides (``bench.repeats=5``, ``model.llm.dtype=float32``) apply to either part.
     """
-    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.experiment import ExperimentConfig
 
     data = apply_overrides(load_yaml(path), overrides or [])
     bench = from_dict(BenchConfig, data.pop("bench", None) or {}, "bench")

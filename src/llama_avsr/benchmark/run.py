@@ -30,6 +30,7 @@ from llama_avsr.benchmark.measure import (
 )
 from llama_avsr.data.batch import PAD_LABEL, Batch
 from llama_avsr.data.collate import Collator
+from llama_avsr.decoding.search import generate
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.models.feature_cache import FeatureCache
 from llama_avsr.models.llm import base_causal_lm
@@ -404,7 +405,7 @@ class Bench:
             with self.autocast(amp):
                 for i in range(0, len(samples), batch_size):
                     batch = self.collate_infer(samples[i : i + batch_size]).to(self.device)
-                    hyps += self.model.generate(batch, options)
+                    hyps += generate(self.model, batch, options)
             return hyps
 
         opts = dataclasses.replace(dec, prefill_once=True)
@@ -426,8 +427,10 @@ class Bench:
             }
 
         with self.autocast():  # warm-up
-            self.model.generate(
-                self.collate_infer(samples[:1]).to(self.device), dataclasses.replace(opts, max_new_tokens=2)
+            generate(
+                self.model,
+                self.collate_infer(samples[:1]).to(self.device),
+                dataclasses.replace(opts, max_new_tokens=2),
             )
         one = run("one-at-a-time", 1, opts)
         batched = run("batched", bs, opts)
@@ -543,7 +546,6 @@ class Bench:
             return {"skipped": f"media I/O unavailable ({e})"}
         from llama_avsr.data.corpus import read_labels
         from llama_avsr.data.dataset import build_dataloader
-        from llama_avsr.training.module import audio_variant
 
         cfg = self.cfg
         samples = self.inputs.make(cfg.compare_seconds, cfg.epoch_utterances, jitter=0.2)
@@ -576,14 +578,7 @@ class Bench:
             out["collate_s"] = timeit(lambda: self.collate(chunk), torch.device("cpu"), cfg.repeats)
             for workers in cfg.data_workers:
                 d = dataclasses.replace(data, num_workers=workers)
-                loader = build_dataloader(
-                    utts,
-                    d,
-                    self.collate,
-                    "train",
-                    modalities=self.mods,
-                    audio_variant=audio_variant(self.model),
-                )
+                loader = build_dataloader(utts, d, self.collate, "train", modalities=self.mods)
 
                 def epoch(loader=loader) -> int:
                     n = 0

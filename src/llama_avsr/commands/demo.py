@@ -74,7 +74,7 @@ def task_config(
     training too (``--full``, which compares the modalities in noise); the frozen-encoder feature cache
     then holds nothing for audio, since every noisy input differs."""
     from llama_avsr.config import apply_overrides
-    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.experiment import ExperimentConfig
 
     d = copy.deepcopy(base)
     if noisy:
@@ -168,10 +168,7 @@ def run(args: argparse.Namespace) -> int:
         video = next(
             p for p in (corpus / manifest["dataset"] / face["video"], corpus / face["video"]) if p.exists()
         )
-        from llama_avsr.commands.transcribe import load_inputs
-        from llama_avsr.model_dir import load_model_dir
-
-        transcript = transcribe_file(load_model_dir, load_inputs, out / "avsr" / "model", video)
+        transcript = transcribe_file(out / "avsr" / "model", video)
         log.warning("raw video %s\n  reference:  %s\n  transcript: %s", video, face["text"], transcript)
 
     plot_wer_vs_snr(summaries, out / "wer_vs_snr.png")
@@ -233,17 +230,8 @@ def comparison_table(summaries: dict[str, dict[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def transcribe_file(load_model_dir, load_inputs, model_dir: Path, video: Path) -> str:
-    import torch
+def transcribe_file(model_dir: Path, video: Path) -> str:
+    """A raw full-face video → text, through the same path as ``llama-avsr transcribe``."""
+    from llama_avsr.decoding.transcriber import load_model
 
-    from llama_avsr.data.collate import Collator
-    from llama_avsr.data.transforms import build_transforms
-    from llama_avsr.training.module import audio_variant
-
-    model, exp = load_model_dir(model_dir)
-    mods = model.cfg.modalities
-    raw = load_inputs(video, mods, prepared=False, detector="mediapipe-mesh")
-    tf = build_transforms("test", mods, exp.data, audio_variant(model))
-    g = torch.Generator().manual_seed(0)
-    sample = {"id": str(video), "text": "", **{m: tf[m](x, g).float() for m, x in raw.items()}}
-    return model.generate(Collator(model.tokenizer, mods, with_targets=False)([sample]), exp.decode)[0]
+    return load_model(model_dir, device="auto").transcribe(video).text

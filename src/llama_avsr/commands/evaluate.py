@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="output folder (default: <model>/eval; ./eval/<owner>__<name> for a hub repo id)",
     )
     p.add_argument(
+        "--streams", default=None, help="use only these streams, e.g. audio (the others are blanked)"
+    )
+    p.add_argument(
         "--device", default="auto", help="torch device: auto (a GPU when there is one), cpu, cuda:0, …"
     )
 
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = evaluate_model_dir(
         args.model, data, args.out, parse_snrs(args.snr), args.split, dec, args.label,
-        resolve_device(args.device), skipped_as_errors=args.score_skipped,
+        resolve_device(args.device), skipped_as_errors=args.score_skipped, streams=args.streams,
     )  # fmt: skip
     print(speaker_table(summary["by_snr"]) + "\n")  # noqa: T201
     print(results_table({summary["label"]: summary["by_snr"]}))  # noqa: T201

@@ -43,9 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llama_avsr.experiment import ExperimentConfig
     from llama_avsr.model_dir import ModelDirError
     from llama_avsr.reference import ReferenceCheckpointError, import_reference
-    from llama_avsr.training.config import ExperimentConfig
 
     try:
         exp = ExperimentConfig.load(args.config, args.overrides)

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.experiment import ExperimentConfig
 
     overrides = [*args.overrides, *([f"train.out_dir={args.out}"] if args.out else [])]
     exp = ExperimentConfig.load(args.config, overrides)

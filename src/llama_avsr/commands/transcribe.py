@@ -1,118 +1,164 @@
-"""``llama-avsr transcribe``: raw videos or audio files → text, with a trained model directory."""
+"""``llama-avsr transcribe``: videos or audio files (files, folders, globs) → text and subtitles."""
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import sys
 from pathlib import Path
 
-HELP = "transcribe raw videos (prepared on the fly) or audio files with a trained model"
+HELP = "transcribe videos or audio files (files, folders, globs) with a trained model"
 DESCRIPTION = (
     HELP + ". A raw video (any size / frame rate, with audio) goes through the same preparation as "
-    "`llama-avsr prepare` (face detection, mouth ROI, 16 kHz audio); an audio file (wav, flac, mp3, …) "
-    "works with audio-only models. Files that cannot be used are reported and skipped."
+    "`llama-avsr prepare` (face detection, mouth ROI, 16 kHz audio); a 96x96 mouth-ROI video is read as "
+    "it is; an audio file works with audio-only models. Recordings longer than --max-segment are cut at "
+    "pauses (voice-activity detection) and decoded in batches. One result line per file; files that "
+    "cannot be used are reported and skipped."
 )
 EXAMPLES = """\
 llama-avsr transcribe --model runs/paper-avsr/model my_video.mp4 interview.mp4
 llama-avsr transcribe --model runs/demo-asr/model speech.wav --json
+llama-avsr transcribe --model runs/exp/model videos/ 'more/*.mp4' --output-dir subs --output-format srt,vtt
 """
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"}
+#: suffixes collected from folders and globs
+MEDIA_SUFFIXES = frozenset(
+    {".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".flv", ".wmv", ".ts"}
+    | {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"}
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", help="video or audio files")
+    p.add_argument("files", nargs="+", help="video or audio files, folders (searched recursively) or globs")
     p.add_argument(
         "--model",
         required=True,
         help="model directory (written by `llama-avsr train` / `import-reference`) or a hub repo id",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
+    p.add_argument("--output-dir", "-o", default=None, help="write <file stem>.<format> files here")
     p.add_argument(
-        "--prepared", action="store_true", help="the videos are already 96×96 mouth ROIs at 25 fps"
+        "--output-format",
+        "-f",
+        default="all",
+        help="with --output-dir: comma-separated txt, json, srt, vtt, or all",
+    )
+    p.add_argument(
+        "--prepared",
+        action="store_true",
+        default=None,
+        help="the videos are 96x96 mouth ROIs at 25 fps (default: decided from the frame size)",
     )
     p.add_argument("--detector", default="mediapipe-mesh", help="face detector backend for raw videos")
     p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's decode config)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="longest transcript of a segment")
+    p.add_argument("--batch-size", type=int, default=None, help="segments decoded together")
+    p.add_argument(
+        "--streams", default=None, help="use only these streams, e.g. audio (the others are blanked)"
+    )
+    p.add_argument(
+        "--max-segment",
+        type=float,
+        default=None,
+        help="cut longer recordings into segments of at most this many seconds (default: the model's decode.max_segment_seconds, 16 s unless set)",
+    )
+    p.add_argument(
+        "--vad", choices=("auto", "silero", "energy"), default="auto", help="voice-activity detector"
+    )
     p.add_argument("--snr", type=float, default=None, help="add babble noise at this SNR in dB (testing)")
     p.add_argument(
         "--device", default="auto", help="torch device: auto (a GPU when there is one), cpu, cuda:0, …"
     )
 
 
-def load_inputs(path: Path, modalities: list[str], prepared: bool, detector: str):
-    """Decode one file into raw modality arrays: video (T,96,96) uint8 gray 25 fps, audio (T_a,) 16 kHz."""
-    import torch
-
-    from llama_avsr import media
-    from llama_avsr.data.dataset import cut_or_pad
-
-    raw: dict[str, torch.Tensor] = {}
-    is_audio_file = path.suffix.lower() in AUDIO_SUFFIXES
-    if "video" in modalities:
-        if is_audio_file:
-            raise media.MediaError(f"{path}: this model needs video, but the file is audio only")
-        if prepared:
-            frames, fps = media.read_video(path, gray=True)
-            raw["video"] = torch.from_numpy(media.resample_frames(frames, fps))
-            if "audio" in modalities:
-                raw["audio"] = torch.from_numpy(
-                    media.read_audio(path.with_suffix(".wav") if path.with_suffix(".wav").exists() else path)
-                )
+def expand_inputs(specs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (media files inside, recursively, sorted) and globs → (paths, specs matching nothing)."""
+    paths: list[Path] = []
+    missing: list[str] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES)
+        elif p.exists():
+            found = [p]
+        elif glob.has_magic(spec):
+            found = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file())
+            found = [f for f in found if f.suffix.lower() in MEDIA_SUFFIXES]
         else:
-            from llama_avsr.prepare.pipeline import prepare_video
-
-            rois, audio = prepare_video(path, detector, allow_no_audio="audio" not in modalities)
-            raw["video"] = torch.from_numpy(rois)
-            if "audio" in modalities:
-                raw["audio"] = torch.from_numpy(audio)
-        if "audio" in raw:
-            raw["audio"] = cut_or_pad(raw["audio"], raw["video"].shape[0] * 640)
-    else:
-        raw["audio"] = torch.from_numpy(media.read_audio(path))
-    return raw
+            found = []
+        if not found:
+            missing.append(spec)
+        paths += found
+    return list(dict.fromkeys(paths)), missing
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
+    from llama_avsr.decoding.media import MediaError, load_media
+    from llama_avsr.decoding.streams import check_streams
+    from llama_avsr.decoding.transcriber import load_model
+    from llama_avsr.decoding.writers import parse_formats, write_result
 
-    import torch
-
-    from llama_avsr.commands import resolve_device
-    from llama_avsr.data.collate import Collator
-    from llama_avsr.data.transforms import build_transforms
-    from llama_avsr.model_dir import load_model_dir
-    from llama_avsr.training.module import audio_variant
-
-    args.device = resolve_device(args.device)
-    model, exp = load_model_dir(args.model, device=args.device)
-    mods = model.cfg.modalities
-    data = dataclasses.replace(exp.data, decode_snr_target=args.snr)
-    transforms = build_transforms("test", mods, data, audio_variant(model))
-    options = exp.decode if args.beams is None else dataclasses.replace(exp.decode, num_beams=args.beams)
-    collate = Collator(model.tokenizer, mods, with_targets=False)
-    gen = torch.Generator().manual_seed(0)
-    failures = 0
-    for f in args.files:
-        path = Path(f)
-        try:
-            raw = load_inputs(path, mods, args.prepared, args.detector)
-        except (ValueError, OSError) as e:  # MediaError / PrepareError are ValueErrors naming the file
-            failures += 1
-            log.error("%s", e)
-            if args.json:
-                print(json.dumps({"file": str(path), "error": str(e)}))  # noqa: T201
+    formats = parse_formats(args.output_format)
+    paths, missing = expand_inputs(args.files)
+    failures = len(missing)
+    for spec in missing:
+        msg = f"{spec}: file not found" if not glob.has_magic(spec) else f"{spec}: no media file matches"
+        _report_error(args, spec, msg)
+    if not paths:
+        return 1
+    model = load_model(args.model, device=args.device)
+    keep = check_streams(args.streams, model.modalities)
+    options = {
+        "beams": args.beams,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "streams": keep,
+        "snr": args.snr,
+        "max_segment_seconds": args.max_segment,
+        "vad": args.vad,
+        "progress": sys.stderr.isatty(),
+    }
+    group = model.options(batch_size=args.batch_size).batch_size
+    # files are read a group at a time, so that the segments of short files share batches
+    for i in range(0, len(paths), group):
+        medias = []
+        for path in paths[i : i + group]:
+            try:
+                medias.append(
+                    load_media(path, model.needed(keep), prepared=args.prepared, detector=args.detector)
+                )
+            except (MediaError, OSError) as e:
+                failures += 1
+                _report_error(args, str(path), str(e))
+        if not medias:
             continue
-        sample = {"id": str(path), "text": ""}
-        sample.update({m: transforms[m](x, gen).float() for m, x in raw.items()})
-        text = model.generate(collate([sample]).to(args.device), options)[0]
-        if args.json:
-            secs = raw["audio"].shape[0] / 16000 if "audio" in raw else raw["video"].shape[0] / 25
-            print(json.dumps({"file": str(path), "text": text, "seconds": round(secs, 2)}))  # noqa: T201
-        else:
-            print(f"{path}\t{text}")  # noqa: T201
+        results = []
+        try:
+            results = model.transcribe(medias, **options)
+        except MediaError:  # one input lacks a stream the model reads: find it, keep the others
+            for m in medias:
+                try:
+                    results.append(model.transcribe(m, **options))
+                except MediaError as e:
+                    failures += 1
+                    _report_error(args, m.name, str(e))
+        for r in results:
+            if args.output_dir:
+                write_result(r, args.output_dir, formats)
+            if args.json:
+                print(json.dumps(r.to_dict(), ensure_ascii=False))  # noqa: T201
+            else:
+                print(f"{r.name}\t{r.text}")  # noqa: T201
+            sys.stdout.flush()
+    return 1 if failures == len(paths) + len(missing) else 0
+
+
+def _report_error(args: argparse.Namespace, name: str, msg: str) -> None:
+    log.error("%s", msg)
+    if args.json:
+        print(json.dumps({"file": name, "error": msg}))  # noqa: T201
         sys.stdout.flush()
-    return 1 if failures == len(args.files) else 0

@@ -251,7 +251,6 @@ def build_dataloader(
     epoch: int = 0,
     rank: int = 0,
     world_size: int = 1,
-    audio_variant: str = "default",
     transforms: Mapping[str, Transform] | None = None,
 ) -> DataLoader:
     """A DataLoader of :class:`BatchWithSkips` for ``split`` (``train`` shuffles and augments).
@@ -261,7 +260,6 @@ def build_dataloader(
     rank, world_size: distributed training; the sampler gives each rank disjoint batches and the same
         number of steps (see ``sampler.FrameBudgetBatchSampler``; with Lightning set
         ``use_distributed_sampler=False``).  Padding repeats a few batches at val/test under DDP.
-    audio_variant: ``default`` or ``raw`` (AV-HuBERT audio, no waveform layer norm).
     transforms: override the pipelines built from ``cfg``.
 
     Workers are persistent; augmentation is seeded per worker from (``cfg.seed``, epoch, rank), so a
@@ -273,7 +271,7 @@ def build_dataloader(
             raise ValueError("pass `modalities` (the collator has no `modalities` attribute)")
     mods = list(modalities)
     if transforms is None:
-        transforms = build_transforms(split, mods, cfg, audio_variant)
+        transforms = build_transforms(split, mods, cfg)
     train = split == "train"
     dataset = AVDataset(
         utterances,

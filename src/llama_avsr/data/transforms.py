@@ -3,21 +3,21 @@
 Every step is a callable ``step(x, generator) -> x``; randomness comes only from the generator passed
 in, so a pipeline is reproducible given the generator's seed (the dataset keeps one per worker).
 
-Pipelines, chosen by (split, modality, variant) through :func:`build_pipeline`:
+Pipelines, chosen by (split, modality) through :func:`build_pipeline`:
 
 =====================  ==================================================================================
 video, train           uint8 (T, H, W) → [0, 1] → random crop 88 → adaptive time mask (10 per 25 frames)
                        → normalise (0.421, 0.165) → (T, 1, 88, 88)
 video, eval            same with a centre crop and no time mask
 audio, train           (T,) → adaptive time mask (6400 per 16000 samples) → noise at an SNR from
-                       ``train_snrs`` → layer norm over the waveform
+                       ``train_snrs``
 audio, eval            (T,) → noise at ``decode_snr_target`` (when set; from the evaluation noise track,
-                       not the training one) → layer norm over the waveform
-audio ``raw`` variant  the same without the layer norm: AV-HuBERT computes its own normalised filterbanks
-                       from the raw waveform
+                       not the training one)
 =====================  ==================================================================================
 
-Frames are gray already (the corpus stores gray mouth crops and the reader decodes to gray).
+Frames are gray already (the corpus stores gray mouth crops and the reader decodes to gray). The audio
+stays a raw waveform: each encoder normalises its own input (Whisper and WavLM layer-normalise the
+waveform, AV-HuBERT computes normalised filterbanks), so one batch serves every encoder.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from llama_avsr.data.config import DataConfig
 from llama_avsr.data.noise import AddNoise, NoiseSource
@@ -40,10 +39,6 @@ VIDEO_MEAN, VIDEO_STD = 0.421, 0.165
 #: adaptive time mask: up to ``window`` steps masked per ``stride`` steps (25 fps video; 16 kHz audio)
 VIDEO_MASK = (10, 25)
 AUDIO_MASK = (6400, 16000)
-#: eps of the waveform layer norm (reference)
-WAVEFORM_LN_EPS = 1e-8
-
-AUDIO_VARIANTS = ("default", "raw")
 
 
 def _randint(high: int, generator: torch.Generator) -> int:
@@ -127,16 +122,6 @@ class AddChannel:
         return x.unsqueeze(1)
 
 
-@dataclass(frozen=True)
-class WaveformLayerNorm:
-    """Zero mean, unit variance over the whole utterance (``F.layer_norm(x, x.shape)``). (T,) → (T,)"""
-
-    eps: float = WAVEFORM_LN_EPS
-
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return F.layer_norm(x, x.shape, eps=self.eps) if x.numel() else x
-
-
 class Pipeline:
     """Steps applied in order: ``pipeline(x, generator)``."""
 
@@ -164,7 +149,6 @@ def audio_pipeline(
     train: bool,
     noise: NoiseSource | None,
     snrs: Sequence[float | None] = (),
-    layer_norm: bool = True,
 ) -> Pipeline:
     """float32 (T,) 16 kHz → (T,).  Noise is added when ``noise`` is given and ``snrs`` is non-empty."""
     steps: list[Step] = []
@@ -172,19 +156,13 @@ def audio_pipeline(
         steps.append(AdaptiveTimeMask(*AUDIO_MASK))
     if noise is not None and snrs and any(s is not None for s in snrs):
         steps.append(AddNoise(noise, snrs))
-    if layer_norm:
-        steps.append(WaveformLayerNorm())
     return Pipeline(steps)
 
 
-def build_pipeline(
-    split: str, modality: str, cfg: DataConfig, variant: str = "default", noise: NoiseSource | None = None
-) -> Pipeline:
+def build_pipeline(split: str, modality: str, cfg: DataConfig, noise: NoiseSource | None = None) -> Pipeline:
     """The pipeline for ``split`` (``train``; ``val``/``test`` = eval) and ``modality``; a modality not in
     ``cfg.train_augment`` gets the clean eval pipeline in training too.
 
-    variant: for audio, ``default`` (waveform layer norm, Whisper / WavLM) or ``raw`` (no layer norm,
-        AV-HuBERT audio).  Ignored for video.
     noise: the noise track to use; by default the split's (:meth:`DataConfig.noise_for`: training
         ``cfg.noise_file``, validation/test ``cfg.eval_noise_file``, or the synthetic babble track of
         each, loaded only when a noisy SNR is actually drawn).
@@ -197,19 +175,15 @@ def build_pipeline(
         return video_pipeline(train)
     if modality != "audio":
         raise ValueError(f"unknown modality {modality!r}")
-    if variant not in AUDIO_VARIANTS:
-        raise ValueError(f"unknown audio variant {variant!r}; expected one of {AUDIO_VARIANTS}")
     snrs: list[float | None] = (
         list(cfg.train_snrs) if train else [None if split == "train" else cfg.decode_snr_target]
     )
     if noise is None:
         noise = NoiseSource(*cfg.noise_for(split))
-    return audio_pipeline(train, noise, snrs, layer_norm=variant == "default")
+    return audio_pipeline(train, noise, snrs)
 
 
-def build_transforms(
-    split: str, modalities: Sequence[str], cfg: DataConfig, audio_variant: str = "default"
-) -> dict[str, Pipeline]:
+def build_transforms(split: str, modalities: Sequence[str], cfg: DataConfig) -> dict[str, Pipeline]:
     """One pipeline per modality (see :func:`build_pipeline`), sharing one noise source."""
     noise = NoiseSource(*cfg.noise_for(split))
-    return {m: build_pipeline(split, m, cfg, audio_variant, noise) for m in modalities}
+    return {m: build_pipeline(split, m, cfg, noise) for m in modalities}

@@ -18,7 +18,12 @@ class DecodingOptions:
     #: run the prompt (features included) through the LLM once per utterance and copy its KV cache to
     #: the beams, instead of once per beam as Hugging Face's beam search does (same transcripts)
     prefill_once: bool = True
+    #: ``transcribe``: longer recordings are cut by voice-activity detection into segments of at most
+    #: this many seconds — the training utterances' length (LRS3 ``seg16s``: 16 s)
+    max_segment_seconds: float = 16.0
 
     def __post_init__(self) -> None:
         if self.num_beams < 1 or self.max_new_tokens < 1:
             raise ValueError("num_beams and max_new_tokens must be >= 1")
+        if self.max_segment_seconds < 0.1:
+            raise ValueError("max_segment_seconds must be >= 0.1")

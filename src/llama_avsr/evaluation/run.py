@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from llama_avsr.data.collate import Collator
 from llama_avsr.data.config import DataConfig
 from llama_avsr.data.dataset import build_dataloader, load_split
 from llama_avsr.decoding.options import DecodingOptions
+from llama_avsr.decoding.search import generate
+from llama_avsr.decoding.streams import blank_streams, check_streams
 from llama_avsr.evaluation import report
 from llama_avsr.evaluation.metrics import char_errors, word_errors
 from llama_avsr.evaluation.report import results_table, speaker_table  # noqa: F401  (re-exported)
@@ -51,13 +54,16 @@ def decode_split(
     options: DecodingOptions | None = None,
     device: torch.device | str | None = None,
     desc: str = "decoding",
+    streams: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Transcribe a split in length-sorted batches. Returns per-utterance records and speed figures."""
-    from llama_avsr.training.module import audio_variant
+    """Transcribe a split in length-sorted batches. Returns per-utterance records and speed figures.
 
+    streams: use only these of the model's streams; the others are blanked (``decoding/streams.py``).
+    """
     options = options or DecodingOptions()
     device = device or model.device
     mods = model.cfg.modalities
+    keep = check_streams(streams, mods)
     loader = build_dataloader(
         load_split(data, split),
         # decoding batches hold `batch_size` utterances of similar length; the training frame budget
@@ -66,7 +72,6 @@ def decode_split(
         Collator(model.tokenizer, mods, with_targets=False),
         split,
         modalities=mods,
-        audio_variant=audio_variant(model),
     )
     model.eval()
     records: list[dict[str, Any]] = []
@@ -78,7 +83,7 @@ def decode_split(
             skipped += [str(s) for s in getattr(batch, "skipped", []) or []]
             if len(batch) == 0:
                 continue
-            hyps = model.generate(batch.to(device), options)
+            hyps = generate(model, blank_streams(batch, keep).to(device), options)
             if "audio" in batch.lengths:
                 secs = (batch.lengths["audio"].float() / SAMPLE_RATE).tolist()
             else:
@@ -127,6 +132,7 @@ def evaluate(
     options: DecodingOptions | None = None,
     label: str = "model",
     skipped_as_errors: bool = False,
+    streams: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Decode ``split`` at each SNR (babble noise on the audio; video untouched), write
     ``<out>/<label>_<snr>.jsonl`` per utterance, ``<out>/results.json``, ``<out>/wer_vs_snr.png``.
@@ -137,14 +143,16 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     snrs = snrs if snrs is not None else [data.decode_snr_target]
-    if "audio" not in model.cfg.modalities and any(s is not None for s in snrs):
+    if "audio" not in check_streams(streams, model.cfg.modalities) and any(s is not None for s in snrs):
         log.info("%s reads no audio: noise does not change its input; decoding once", label)
         snrs = [None]
     results: dict[str, Any] = {}
     seen = report.training_speakers(data)
     for snr in snrs:
         d = dataclasses.replace(data, decode_snr_target=snr)
-        records, speed = decode_split(model, d, split, options, desc=f"{label} @ {snr_label(snr)}")
+        records, speed = decode_split(
+            model, d, split, options, desc=f"{label} @ {snr_label(snr)}", streams=streams
+        )
         skipped_ids = speed.pop("skipped_ids")
         if skipped_ids:
             records = records + report.skipped_records(skipped_ids, report.references(d, split))
@@ -153,6 +161,8 @@ def evaluate(
                 f.write(json.dumps(r) + "\n")
         results[snr_label(snr)] = {**speed, **report.breakdown(records, seen, skipped_as_errors)}
     summary = {"label": label, "split": split, "modalities": model.cfg.modalities, "by_snr": results}
+    if streams is not None:
+        summary["streams"] = list(check_streams(streams, model.cfg.modalities))
     all_file = out / "results.json"
     merged = json.loads(all_file.read_text()) if all_file.is_file() else {}
     merged[label] = summary
@@ -199,17 +209,21 @@ def evaluate_model_dir(
     split: str = "test",
     options: DecodingOptions | None = None,
     label: str | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     skipped_as_errors: bool = False,
+    streams: Sequence[str] | None = None,
 ) -> dict[str, Any]:
+    from llama_avsr.decoding.transcriber import resolve_device
     from llama_avsr.model_dir import load_model_dir, update_results
 
-    model, exp = load_model_dir(model_dir, device=device)
+    model, exp = load_model_dir(model_dir, device=resolve_device(device))
     data = data or exp.data
-    label = label or "+".join(model.cfg.modalities)
+    label = label or "+".join(check_streams(streams, model.cfg.modalities))
     if out_dir is None:  # beside a local model; for a hub repo id, under ./eval/<owner>__<name>
         local = Path(model_dir)
         out_dir = local / "eval" if local.is_dir() else Path("eval") / str(model_dir).replace("/", "__")
-    summary = evaluate(model, data, out_dir, snrs, split, options or exp.decode, label, skipped_as_errors)
+    summary = evaluate(
+        model, data, out_dir, snrs, split, options or exp.decode, label, skipped_as_errors, streams
+    )
     update_results(model_dir, {"evaluation": summary})
     return summary

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import GenerationConfig
 
 from llama_avsr.config import ModelConfig
 from llama_avsr.data.batch import PAD_LABEL, Batch
-from llama_avsr.decoding.options import DecodingOptions
 from llama_avsr.models.compression import build_compressor
 from llama_avsr.models.encoders import build_encoder
 from llama_avsr.models.feature_cache import FeatureCache
@@ -258,71 +255,6 @@ class AVSRModel(nn.Module):
             cos = F.cosine_similarity(h, bos[:, None], dim=-1)  # (B, S)
             total = total + ((cos**2) * other).sum() / other.sum().clamp(min=1)
         return total / len(layers)
-
-    @torch.no_grad()
-    def generate(self, batch: Batch, options: DecodingOptions | None = None) -> list[str]:
-        """Deterministic batched beam search (``do_sample=False``) with KV cache → transcripts."""
-        options = options or DecodingOptions()
-        with self.inference_autocast():
-            return self._generate(batch, options)
-
-    def inference_autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast when the LLM weights are stored in bf16, so the fp32 parts (projectors, LoRA
-        adapters) do not force fp32 matmuls at inference (about 2× faster decoding on CPU)."""
-        dtype = self.llm.get_input_embeddings().weight.dtype
-        if dtype not in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled(self.device.type):
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
-
-    def _generate(self, batch: Batch, options: DecodingOptions) -> list[str]:
-        seq = self.prepare(batch, with_targets=False)
-        gen = GenerationConfig(
-            num_beams=options.num_beams,
-            max_new_tokens=options.max_new_tokens,
-            length_penalty=options.length_penalty,
-            do_sample=False,
-            early_stopping=True if options.num_beams > 1 else False,
-            use_cache=True,
-            eos_token_id=self.ids.eos,
-            pad_token_id=self.ids.pad,
-            bos_token_id=self.ids.bos,
-        )
-        # the cache must end on a text token, the one generation continues from (the prompt's last)
-        if options.prefill_once and options.num_beams > 1 and bool((seq.stream_index[:, -1] < 0).all()):
-            ids = self._generate_prefilled(seq, gen)
-        else:
-            ids = self.llm.generate(
-                inputs_embeds=seq.embeds, attention_mask=seq.attention_mask, generation_config=gen
-            )
-        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
-    def _generate_prefilled(self, seq: Sequences, gen) -> torch.Tensor:
-        """Beam search with the prompt run once per utterance → new token ids (B, L).
-
-        HF's beam search copies the inputs for every beam before the first forward pass, so the prompt
-        (features included: most of the sequence) runs ``num_beams`` times. Here everything but the
-        last token fills the KV cache once, the cache is repeated per beam, and generation continues
-        from the last token, given as an id (it is a text token); positions follow the attention mask
-        as in :func:`~llama_avsr.models.splice.build_sequences`.
-        """
-        base = base_causal_lm(self.llm)
-        out = base.get_decoder()(
-            inputs_embeds=seq.embeds[:, :-1],
-            attention_mask=seq.attention_mask[:, :-1],
-            position_ids=seq.position_ids[:, :-1],
-            use_cache=True,
-        )
-        # transformers renamed `past_key_values` to `cache` during 5.x
-        name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-        cache = getattr(out, name)
-        cache.batch_repeat_interleave(gen.num_beams)
-        ids = self.llm.generate(
-            input_ids=seq.input_ids,
-            attention_mask=seq.attention_mask,
-            generation_config=gen,
-            **{name: cache},
-        )
-        return ids[:, seq.input_ids.shape[1] :]
 
     def parameter_counts(self) -> tuple[int, int]:
         """(total, trainable) parameter counts."""

@@ -34,6 +34,7 @@ from llama_avsr.data.batch import PAD_LABEL, Batch
 from llama_avsr.data.collate import Collator
 from llama_avsr.data.dataset import build_dataloader, load_split
 from llama_avsr.decoding.options import DecodingOptions
+from llama_avsr.decoding.search import generate
 from llama_avsr.evaluation.metrics import ErrorCounts, word_errors
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.training.config import ExperimentConfig
@@ -66,14 +67,6 @@ class TrainingClock:
         if self.started is None:
             self.started = time.monotonic()
         return self.before + time.monotonic() - self.started
-
-
-def audio_variant(model: AVSRModel) -> str:
-    """``raw`` when an encoder reading audio computes its own normalised features (AV-HuBERT)."""
-    for s in model.cfg.streams.values():
-        if "audio" in s.inputs and model.encoders[s.encoder].raw_audio:
-            return "raw"
-    return "default"
 
 
 def target_tokens(batch: Batch) -> int:
@@ -231,7 +224,7 @@ class AVSRLightning(L.LightningModule):
             options = DecodingOptions(
                 num_beams=self.exp.train.val_beams, max_new_tokens=self.exp.decode.max_new_tokens
             )
-            for ref, hyp in zip(batch.texts, self.model.generate(batch, options), strict=True):
+            for ref, hyp in zip(batch.texts, generate(self.model, batch, options), strict=True):
                 errors = errors + word_errors(ref, hyp)
         self._val += torch.tensor(
             [float(out.lm_loss_sum), float(out.n_tokens), errors.errors, errors.reference_length],
@@ -367,7 +360,6 @@ class AVSRData(L.LightningDataModule):
         model = module.model
         self.modalities = model.cfg.modalities
         self.collator = Collator(model.tokenizer, self.modalities)
-        self.variant = audio_variant(model)
         self.val_sampler = None
 
     def _loader(self, split: str, epoch: int | None = None) -> DataLoader:
@@ -381,7 +373,6 @@ class AVSRData(L.LightningDataModule):
             epoch=(t.current_epoch if t else 0) if epoch is None else epoch,
             rank=t.global_rank if t else 0,
             world_size=t.world_size if t else 1,
-            audio_variant=self.variant,
         )
 
     def epoch_batches(self) -> list[list[int]]:

@@ -100,7 +100,6 @@ def _collect(
 ) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
     """Compressed encoder features per stream and transcript token ids, per training utterance (clean
     inputs: the evaluation transforms)."""
-    from llama_avsr.training.module import audio_variant
 
     if not streams:  # only the transcripts' tokens are needed (tokenised as the collator does)
         texts = [u.text for u in load_split(_data(exp), "train")]
@@ -114,7 +113,6 @@ def _collect(
         collator,
         "val",  # no augmentation, no shuffling
         modalities=mods,
-        audio_variant=audio_variant(model),
     )
     feats: dict[str, list[torch.Tensor]] = {n: [] for n in streams}
     targets: list[torch.Tensor] = []
@@ -343,7 +341,6 @@ def _warm_trained_stream(
     encoder alone with a temporary linear head over the classes at its own frame rate (no compression,
     no projector; the head is discarded and the report holds the encoder's own CTC figures under
     ``<name>.encoder``)."""
-    from llama_avsr.training.module import audio_variant
 
     t = exp.train
     scfg = model.cfg.streams[name]
@@ -353,9 +350,7 @@ def _warm_trained_stream(
     utterances = load_split(data, "train")
     epochs = stream_epochs(t, name)
     # one loader, a new shuffle each epoch through its sampler (as Lightning does in training)
-    loader = build_dataloader(
-        utterances, data, collator, "train", modalities=mods, audio_variant=audio_variant(model)
-    )
+    loader = build_dataloader(utterances, data, collator, "train", modalities=mods)
     per_epoch = len(loader)
     total = max(1, round(epochs * per_epoch))
     proj = model.projectors[name]
@@ -399,9 +394,7 @@ def _warm_trained_stream(
                 fit.step(proj, f, lens.cpu(), ys)
         # the norm and the error rate on clean inputs, encoder in eval mode
         model.eval()
-        check = build_dataloader(
-            utterances[:200], data, collator, "val", modalities=mods, audio_variant=audio_variant(model)
-        )
+        check = build_dataloader(utterances[:200], data, collator, "val", modalities=mods)
         with torch.no_grad():
             for batch in check:
                 if not len(batch):

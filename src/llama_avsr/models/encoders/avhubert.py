@@ -856,7 +856,6 @@ class AVHubertEncoder(Encoder):
     """
 
     accepts = ("audio", "video")
-    raw_audio = True
     frame_rate = 25.0
 
     def __init__(self, model: AVHubert, options: AVHubertOptions) -> None:

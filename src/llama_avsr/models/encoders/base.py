@@ -3,7 +3,9 @@
 An encoder consumes one or more raw modality tensors of a batch and returns frame features with their
 valid lengths. Raw inputs (what the collator produces):
 
-- ``audio``: (B, T_a) float waveform at 16 kHz, lengths in samples;
+- ``audio``: (B, T_a) float waveform at 16 kHz as read (noise added, not normalised), lengths in samples:
+  each encoder normalises its own audio (:func:`layer_norm_waveform` for Whisper and WavLM, as the
+  reference does; AV-HuBERT computes normalised filterbanks);
 - ``video``: (B, T_v, 1, 88, 88) float mouth crops, already normalised, lengths in frames (25 fps).
 
 Output: features (B, T, D) with D = ``output_dim`` and lengths (B,) in output frames. Frames at or
@@ -18,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llama_avsr.config import EncoderConfig
@@ -33,9 +36,8 @@ class Encoder(nn.Module, ABC):
     output_dim: int
     #: output frames per second
     frame_rate: float
-    #: True when the encoder computes its own normalised features from the raw waveform, so the data
-    #: pipeline must not layer-normalise the waveform (AV-HuBERT's filterbanks)
-    raw_audio: bool = False
+    #: the longest input the encoder reads whole, in seconds (``None``: no limit); callers cut longer ones
+    max_seconds: float | None = None
 
     @abstractmethod
     def forward(
@@ -52,6 +54,23 @@ class Encoder(nn.Module, ABC):
     def lora_parameters(self) -> list[nn.Parameter]:
         """Parameters of encoder-side LoRA adapters (empty when the encoder has none)."""
         return []
+
+
+#: eps of the waveform layer norm (reference)
+WAVEFORM_LN_EPS = 1e-8
+
+
+def layer_norm_waveform(
+    wav: torch.Tensor, lengths: torch.Tensor, eps: float = WAVEFORM_LN_EPS
+) -> torch.Tensor:
+    """Zero mean, unit variance over each utterance's valid samples (``F.layer_norm(x, x.shape)`` per
+    sample, as the reference normalises a lone waveform); padding stays zero. (B, T) → (B, T) float32."""
+    wav = wav.float()
+    out = torch.zeros_like(wav)
+    for i, n in enumerate(lengths.tolist()):
+        if n:
+            out[i, :n] = F.layer_norm(wav[i, :n], (n,), eps=eps)
+    return out
 
 
 EncoderBuilder = Callable[[EncoderConfig], Encoder]

@@ -1,6 +1,6 @@
 """WavLM encoder (Hugging Face ``WavLMModel``): raw 16 kHz waveform → 50 frames/s, width ``hidden_size``.
 
-The data pipeline already layer-normalises the waveform (as the reference does for WavLM/Whisper).
+The waveform is layer-normalised per utterance first (as the reference's audio pipeline does for WavLM).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from transformers import WavLMConfig, WavLMModel
 
 from llama_avsr.config import EncoderConfig, find_arch, torch_dtype
-from llama_avsr.models.encoders.base import ENCODERS, Encoder, parse_options
+from llama_avsr.models.encoders.base import ENCODERS, Encoder, layer_norm_waveform, parse_options
 
 
 @dataclass
@@ -38,7 +38,8 @@ class WavLMEncoder(Encoder):
     def forward(
         self, inputs: Mapping[str, torch.Tensor], lengths: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        wav, n = inputs["audio"], lengths["audio"]
+        n = lengths["audio"]
+        wav = layer_norm_waveform(inputs["audio"], n)
         mask = (torch.arange(wav.shape[1], device=wav.device)[None] < n[:, None]).long()
         dtype = next(self.model.parameters()).dtype
         want_layer = self.options.output_layer

@@ -9,8 +9,9 @@ Two ways to run it:
   attention mask so that padding never changes a sample's features). Much faster for short
   utterances; features differ slightly from the padded ones (cosine ≈ 0.97 for tiny.en, DESIGN §7).
 
-Output: 50 frames/s, width ``d_model``. Log-mel features are computed in torch on the input's device
-with the same filters and normalisation as ``WhisperFeatureExtractor``.
+Output: 50 frames/s, width ``d_model``. The waveform is first layer-normalised per utterance (the
+reference's audio pipeline for Whisper); log-mel features are then computed in torch on the input's
+device with the same filters and normalisation as ``WhisperFeatureExtractor``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
 from llama_avsr.config import EncoderConfig, find_arch, torch_dtype
-from llama_avsr.models.encoders.base import ENCODERS, Encoder, parse_options
+from llama_avsr.models.encoders.base import ENCODERS, Encoder, layer_norm_waveform, parse_options
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -77,6 +78,7 @@ class WhisperEncoder(Encoder):
         self.output_dim = encoder.config.d_model
         self.log_mel = LogMel(encoder.config.num_mel_bins)
         self.max_frames = encoder.config.max_source_positions
+        self.max_seconds = self.max_frames / self.frame_rate
 
     def output_lengths(self, samples: torch.Tensor) -> torch.Tensor:
         return (samples // SAMPLES_PER_FRAME).clamp(min=1, max=self.max_frames)
@@ -84,7 +86,8 @@ class WhisperEncoder(Encoder):
     def forward(
         self, inputs: Mapping[str, torch.Tensor], lengths: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        wav, n = inputs["audio"], lengths["audio"]
+        n = lengths["audio"]
+        wav = layer_norm_waveform(inputs["audio"], n)
         out_len = self.output_lengths(n)
         if self.options.pad_to_30s:
             wav = F.pad(wav, (0, max(0, CHUNK_SECONDS * SAMPLE_RATE - wav.shape[1])))
