@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "eval": "evaluate",
     "transcribe": "transcribe",
+    "serve": "serve",
     "params": "params",
     "bench": "bench",
     "import-reference": "import_reference",
