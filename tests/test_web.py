@@ -1,0 +1,321 @@
+"""The web demo (``llama-avsr serve``): its handlers without a browser, then the real page in headless
+Chromium — upload a generated full-face video, read the transcript, move the noise slider.
+
+The model is the tiny random AV model of ``test_model_dir`` (random frozen parts, perturbed adapters):
+what it says is gibberish, but it is what the Python API says for the same clip, and that is what the
+page must show.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llama_avsr.cli import main
+from llama_avsr.synth import tts
+
+pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'llama-avsr[web]')")
+
+from llama_avsr.web.app import Page, find_examples  # noqa: E402
+from llama_avsr.web.demo import NOISE_BABBLE, NOISE_CLEAN, NOISE_FILE, Demo, Limits  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not tts.available(), reason="espeak-ng is not installed")
+
+REPO = Path(__file__).resolve().parents[1]
+BEAMS = 2
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+CHROMEDRIVER = "/usr/bin/chromedriver"
+#: the probe's flags for headless Chromium on a closed network (no background connections)
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1700",
+)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny AV model directory of test_model_dir, with beam size 2 and 8 new tokens."""
+    from test_model_dir import model_cfg, perturb
+
+    from llama_avsr.decoding.options import DecodingOptions
+    from llama_avsr.model_dir import save_model_dir
+    from llama_avsr.models.avsr import AVSRModel
+    from llama_avsr.models.llm import load_tokenizer
+    from llama_avsr.training.config import ExperimentConfig
+
+    torch.manual_seed(0)
+    model = perturb(AVSRModel(model_cfg(), tokenizer=load_tokenizer("smollm2-135m")))
+    path = tmp_path_factory.mktemp("web") / "model"
+    exp = ExperimentConfig(model=model.cfg, decode=DecodingOptions(num_beams=BEAMS, max_new_tokens=8))
+    save_model_dir(model, exp, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic corpus with one full-face talking video (the demo's example clips)."""
+    out = tmp_path_factory.mktemp("webcorpus")
+    args = ["synth", "--out", str(out), "--train", "0", "--val", "0", "--test", "1", "--faces", "1"]
+    assert main([*args, "--jobs", "1", "--seed", "3"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def face(corpus: Path) -> tuple[Path, str]:
+    (example,) = find_examples(corpus)
+    return example
+
+
+@pytest.fixture(scope="module")
+def api(model_dir: Path):
+    import llama_avsr
+
+    return llama_avsr.load_model(str(model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def expected(api, face: tuple[Path, str]) -> dict[tuple[str, ...], str]:
+    """What the Python API says for the face video, by the streams it keeps."""
+    from llama_avsr.decoding import load_media
+
+    m = load_media(face[0])
+    return {s: api.transcribe(m, beams=BEAMS, streams=s).text for s in [("audio", "video"), ("audio",), ("video",)]}
+
+
+@pytest.fixture
+def page(api, corpus: Path, tmp_path: Path) -> Page:
+    return Page(Demo(api, beams=BEAMS, examples=find_examples(corpus)), workdir=tmp_path / "page")
+
+
+# -- handlers, no browser ------------------------------------------------------------------------------
+
+
+def test_upload_shows_mouth_crops_waveform_and_transcripts_side_by_side(page, face, expected):
+    path, text = face
+    view = page.on_clip(str(path), reference=text)
+    assert view.clip is not None and "Cannot" not in view.message, view.message
+    assert view.strip is not None and view.strip.shape == (96, 8 * 96) and view.strip.dtype == np.uint8
+    assert view.strip.std() > 5  # real image content, not a blank
+    assert Path(view.mouth_video).stat().st_size > 1000
+    assert view.waveform is not None and view.audio[0] == 16_000
+    conditions = [row[0] for row in view.table]
+    assert conditions == ["audio-visual", "audio only (video blanked)", "video only (audio blanked)"]
+    assert view.transcript == expected[("audio", "video")]
+    by_name = {r.condition: r for r in view.rows}
+    assert by_name["audio only (video blanked)"].text == expected[("audio",)]
+    assert by_name["video only (audio blanked)"].text == expected[("video",)]
+    for row in view.table:
+        assert isinstance(row[2], float) and 0 <= row[2] and row[3] > 0  # WER % (reference given), seconds
+
+
+def test_noise_slider_mixes_babble_at_the_snr_and_transcribes_again(page, face):
+    path, _ = face
+    clean = page.on_clip(str(path))
+    assert clean.table and clean.table[0][2] == ""  # no reference: no WER
+    noisy = page.on_noise(clean.clip, NOISE_CLEAN, -5.0, slider_moved=True)
+    assert noisy.noise == NOISE_BABBLE  # moving the slider on clean audio adds babble
+    assert "babble noise at -5 dB" in noisy.message
+    rate, audio = noisy.audio
+    from llama_avsr.data.noise import measure_snr
+
+    snr = measure_snr(torch.from_numpy(clean.clip.audio), torch.from_numpy(audio))
+    assert abs(snr - (-5.0)) < 0.01
+    assert len(noisy.table) == 3
+    again = page.on_noise(clean.clip, NOISE_BABBLE, -5.0)
+    np.testing.assert_array_equal(again.audio[1], audio)  # the same noise segment: only the level moves
+
+
+def test_users_noise_file_and_a_bad_noise_file(page, face, tmp_path):
+    from llama_avsr import media
+
+    clip = page.on_clip(str(face[0])).clip
+    rng = np.random.default_rng(0)
+    media.write_wav(tmp_path / "hum.wav", (0.1 * rng.standard_normal(8000)).astype(np.float32))
+    view = page.on_noise(clip, NOISE_FILE, 0.0, str(tmp_path / "hum.wav"))
+    assert "my noise file noise at 0 dB" in view.message and view.transcript
+    (tmp_path / "bad.wav").write_bytes(b"RIFF" + bytes(100))
+    bad = page.on_noise(clip, NOISE_FILE, 0.0, str(tmp_path / "bad.wav"))
+    assert bad.message.startswith("**Cannot use this clip:**") and "bad.wav" in bad.message
+    assert "Traceback" not in bad.message and "\n" not in bad.message
+    assert page.on_noise(clip, NOISE_FILE, 0.0, None).message.startswith("**Cannot")
+
+
+def test_bad_files_become_one_line_messages(page, tmp_path):
+    from llama_avsr import media
+
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8).tobytes())
+    gray = np.full((30, 120, 160, 3), 128, np.uint8)
+    media.write_video(tmp_path / "noface.mp4", gray, 25, audio=np.zeros(19200, np.float32))
+    for name, words in [("empty.mp4", "empty"), ("junk.mp4", "junk.mp4"), ("noface.mp4", "face")]:
+        view = page.on_clip(str(tmp_path / name))
+        assert view.message.startswith("**Cannot use this clip:**"), (name, view.message)
+        assert words in view.message and "\n" not in view.message and "Traceback" not in view.message
+        assert view.clip is None and view.transcript == "" and view.table == []
+    assert "Upload a video" in page.on_clip(None).message
+
+
+def test_limits_refuse_large_and_long_clips(api, face, tmp_path):
+    small = Page(Demo(api, limits=Limits(max_upload_mb=0.01)), workdir=tmp_path / "a")
+    assert "MB limit" in small.on_clip(str(face[0])).message
+    short = Page(Demo(api, limits=Limits(max_seconds=1.0)), workdir=tmp_path / "b")
+    assert "longer than the 1 s" in short.on_clip(str(face[0])).message
+
+
+def test_sweep_plots_wer_against_snr_for_audio_and_audio_visual(page, face):
+    import json
+
+    path, text = face
+    clip = page.on_clip(str(path)).clip
+    plot, message = page.on_sweep(clip, text, NOISE_BABBLE)
+    assert Path(plot).stat().st_size > 1000 and "WER against SNR" in message
+    curves = json.loads(Path(plot).with_suffix(".json").read_text())
+    assert set(curves) == {"audio-visual", "audio only (video blanked)"}
+    for points in curves.values():
+        assert set(points) == {"-5", "0", "5", "10", "20", "clean"}
+        assert all(0.0 <= p["wer"] for p in points.values())
+    assert page.on_sweep(clip, "  ")[1].startswith("**Cannot")  # no reference: a message
+
+
+def test_examples_are_the_corpus_full_face_videos(corpus, face):
+    path, text = face
+    assert path.is_file() and path.parent.parts[-3] == "raw" and len(text.split()) > 2
+    assert find_examples(corpus / "nowhere") == []
+
+
+# -- the real page in headless Chromium ----------------------------------------------------------------
+
+
+def _chromium() -> str:
+    exe = next((p for p in CHROMIUM if os.access(p, os.X_OK)), None) or shutil.which("chromium")
+    if exe is None or not os.access(CHROMEDRIVER, os.X_OK):
+        pytest.skip("no Chromium + ChromeDriver (apt-get install chromium chromium-driver; `make system-deps`)")
+    return exe
+
+
+class _Server:
+    """``llama-avsr serve`` in a subprocess; its URL is read from its log line, not guessed."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_avsr.cli", "serve", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def url(self, timeout: float = 300.0) -> str:
+        while True:
+            line = self.lines.get(timeout=timeout)
+            if line is None:
+                raise AssertionError("serve exited before listening:\n" + "".join(self.log[-30:]))
+            self.log.append(line)
+            m = re.search(r"web demo on (http://\S+)", line)
+            if m:
+                return m.group(1).rstrip("/")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_browser_upload_transcribe_move_noise_slider(model_dir, corpus, face, expected, tmp_path):
+    exe = _chromium()
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (dev extra)")
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    server = _Server(
+        ["--model", str(model_dir), "--examples", str(corpus), "--beams", str(BEAMS), "--device", "cpu"], env
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = exe
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    driver = None
+    try:
+        url = server.url()
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
+        driver.get(url)
+        wait = WebDriverWait(driver, 240)
+
+        def value(css: str) -> str:
+            return driver.find_element(By.CSS_SELECTOR, css).get_attribute("value") or ""
+
+        def text(css: str) -> str:
+            return driver.find_element(By.CSS_SELECTOR, css).text
+
+        # a bad upload: a message in the page, not a stack trace
+        junk = tmp_path / "junk.mp4"
+        junk.write_bytes(b"\x00" * 2048)
+        upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#clip input[type=file]"))
+        upload.send_keys(str(junk))
+        wait.until(lambda d: "Cannot use this clip" in text("#message"))
+        assert "junk.mp4" in text("#message") and "Traceback" not in driver.page_source
+        driver.find_element(By.CSS_SELECTOR, "#clip button[aria-label='Clear']").click()
+
+        # the generated full-face video, with its reference transcript
+        path, reference = face
+        driver.find_element(By.CSS_SELECTOR, "#reference textarea").send_keys(reference)
+        driver.find_element(By.CSS_SELECTOR, "#clip input[type=file]").send_keys(str(path))
+        wait.until(lambda d: value("#transcript textarea") != "")
+        assert value("#transcript textarea") == expected[("audio", "video")]
+        wait.until(lambda d: "clean audio" in text("#message"))
+        table = text("#conditions")
+        for name in ("audio-visual", "audio only (video blanked)", "video only (audio blanked)"):
+            assert name in table
+        assert driver.find_element(By.CSS_SELECTOR, "#strip img").get_attribute("src")
+
+        # drag the noise slider to the left end (-10 dB): babble is mixed in and the clip transcribed again
+        slider = driver.find_element(By.CSS_SELECTOR, "#snr input[type=range]")
+        width = slider.size["width"]
+        ActionChains(driver).click_and_hold(slider).move_by_offset(-width // 2 - 20, 0).release().perform()
+        wait.until(lambda d: "babble noise at -10 dB" in text("#message"))
+        assert value("#snr input[type=number]") == "-10"
+        assert driver.find_element(By.CSS_SELECTOR, "#noise input[value='babble']").is_selected()
+        assert value("#transcript textarea") != ""
+
+        shot = tmp_path / "serve.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        target = os.environ.get("LLAMA_AVSR_SCREENSHOT")  # to refresh docs/serve.png
+        if target:
+            shutil.copy(shot, target)
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.stop()
