@@ -18,16 +18,22 @@ $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev,prepare,demo,dlib]'
+	$(PIP) install -e '.[dev,prepare,demo,dlib,web]'
 	$(PIP) install --no-deps $(EMBEDDED)
 	touch $@
 
-# espeak-ng (speech synthesis for the synthetic corpus and babble noise) comes from Debian/Ubuntu
+# espeak-ng (speech synthesis for the synthetic corpus and babble noise) comes from Debian/Ubuntu, and so
+# do Chromium and its driver for the web demo's browser test (tests/test_web.py; skipped without them)
 system-deps:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
 	  echo "installing espeak-ng (apt)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng >/dev/null; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  echo "installing chromium + chromium-driver (apt; for the web demo's browser test)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || echo "could not install chromium: the browser test will be skipped"; }
 
 demo: install
 	$(VENV)/bin/llama-avsr demo

@@ -35,9 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"model directory or hub repo id (default: {DEMO_MODEL}, the model `llama-avsr demo` trains)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
-    p.add_argument(
-        "--port", type=int, default=None, help="port (default: the first free one from 7860 on)"
-    )
+    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860 on)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda:0, … (default: auto)")
     p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's decode config)")
     p.add_argument(
@@ -58,15 +56,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
     import llama_avsr
+    from llama_avsr.evaluation.run import parse_snrs
     from llama_avsr.web.app import Page, find_examples, launch
     from llama_avsr.web.demo import Demo, Limits
 
+    if importlib.util.find_spec("gradio") is None:
+        log.error("the web demo needs Gradio: pip install 'llama-avsr[web]'")
+        return 2
     if args.beams is not None and args.beams < 1:
         log.error("--beams must be at least 1")
         return 2
     try:
         limits = Limits(args.max_upload_mb, args.max_seconds)
+        sweep_snrs = parse_snrs(args.sweep_snrs)
+        if not sweep_snrs:
+            raise ValueError("--sweep-snrs names no SNR")
     except ValueError as e:
         log.error("%s", e)
         return 2
@@ -82,6 +89,6 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s: no example clips found there", args.examples)
     log.warning("loading %s …", name)
     model = llama_avsr.load_model(name, device=args.device)
-    page = Page(Demo(model, beams=args.beams, limits=limits, examples=examples))
+    page = Page(Demo(model, beams=args.beams, limits=limits, examples=examples, sweep_snrs=sweep_snrs))
     launch(page, host=args.host, port=args.port, model_name=name)
     return 0

@@ -51,7 +51,7 @@ class View:
     message: str = ""
     transcript: str = ""
     table: list[list[Any]] = dataclasses.field(default_factory=list)
-    strip: np.ndarray | None = None  # (96, n·96) uint8 mouth crops
+    strip: np.ndarray | None = None  # (2·96, 4·96) uint8 mouth crops
     mouth_video: str | None = None  # mp4 of the mouth crops with the (noisy) audio
     waveform: Any = None  # matplotlib figure
     audio: tuple[int, np.ndarray] | None = None  # (16000, (T_a,)) what the model hears

@@ -36,8 +36,8 @@ CONDITION_NAMES: dict[tuple[str, ...], str] = {
 }
 #: SNRs of the WER-vs-SNR sweep (None = clean), in dB of babble or the chosen noise
 SWEEP_SNRS: tuple[float | None, ...] = (-5.0, 0.0, 5.0, 10.0, 20.0, None)
-#: mouth frames shown side by side in the preview strip
-STRIP_FRAMES = 8
+#: mouth frames shown in the preview (rows × columns)
+STRIP_GRID = (2, 4)
 #: noise choices on the page
 NOISE_CLEAN, NOISE_BABBLE, NOISE_FILE = "clean", "babble", "my noise file"
 
@@ -124,6 +124,7 @@ class Demo:
     load_media: ``llama_avsr.decoding.load_media`` (a parameter so that a test can count calls).
     beams: beam size (None: the model's own decoding configuration).
     examples: clips offered on the page (the demo corpus's full-face videos), with their transcripts.
+    sweep_snrs: the SNRs (dB; None = clean) of the WER-vs-SNR sweep.
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class Demo:
         beams: int | None = None,
         limits: Limits | None = None,
         examples: Sequence[tuple[Path, str]] = (),
+        sweep_snrs: Sequence[float | None] = SWEEP_SNRS,
     ) -> None:
         if load_media is None:
             from llama_avsr.decoding import load_media
@@ -142,6 +144,7 @@ class Demo:
         self.beams = beams
         self.limits = limits or Limits()
         self.examples = list(examples)
+        self.sweep_snrs = tuple(sweep_snrs)
         self._noise: dict[str, np.ndarray] = {}
 
     # -- clips -----------------------------------------------------------------------------------------
@@ -265,7 +268,7 @@ class Demo:
         reference: str,
         kind: str = NOISE_BABBLE,
         noise_file: str | Path | None = None,
-        snrs: Sequence[float | None] = SWEEP_SNRS,
+        snrs: Sequence[float | None] | None = None,
         progress: Callable[[float, str], None] | None = None,
     ) -> dict[str, dict[str, dict[str, float]]]:
         """WER of the clip against ``reference`` at each SNR, for the conditions that hear the audio
@@ -281,6 +284,7 @@ class Demo:
             kind = NOISE_BABBLE
         names = [n for n, s in self.conditions(clip) if "audio" in s]
         out: dict[str, dict[str, dict[str, float]]] = {n: {} for n in names}
+        snrs = self.sweep_snrs if snrs is None else tuple(snrs)
         for i, snr in enumerate(snrs):
             if progress is not None:
                 progress(i / len(snrs), f"SNR {snr_label(snr)} dB")
@@ -304,12 +308,17 @@ def _streams(m: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
 # -- what the page shows ---------------------------------------------------------------------------------
 
 
-def mouth_strip(video: np.ndarray | None, n: int = STRIP_FRAMES) -> np.ndarray | None:
-    """``n`` mouth crops evenly spaced over the clip, side by side. (T, H, W) → (H, n·W) uint8."""
+def mouth_strip(video: np.ndarray | None, grid: tuple[int, int] = STRIP_GRID) -> np.ndarray | None:
+    """rows·cols mouth crops evenly spaced over the clip, in reading order (a clip shorter than that
+    repeats frames). (T, H, W) → (rows·H, cols·W) uint8."""
     if video is None or len(video) == 0:
         return None
-    idx = np.linspace(0, len(video) - 1, min(n, len(video))).round().astype(int)
-    return np.concatenate(list(video[idx]), axis=1)
+    rows, cols = grid
+    idx = np.linspace(0, len(video) - 1, rows * cols).round().astype(int)
+    tiles = video[idx]
+    return np.concatenate(
+        [np.concatenate(list(tiles[r * cols : (r + 1) * cols]), axis=1) for r in range(rows)]
+    )
 
 
 def write_mouth_clip(clip: Clip, path: str | Path, audio: np.ndarray | None = None) -> Path | None:
