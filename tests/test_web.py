@@ -23,7 +23,6 @@ import torch
 
 from llama_avsr.cli import main
 from llama_avsr.synth import tts
-
 from llama_avsr.web.app import Page, find_examples
 from llama_avsr.web.demo import NOISE_BABBLE, NOISE_CLEAN, NOISE_FILE, Demo, Limits
 
