@@ -261,7 +261,7 @@ class _Server:
             self.proc.wait()
 
 
-@pytest.mark.slow  # 40–100 s: a server process, Chromium, and six decodings
+@pytest.mark.slow  # 1–2 min: a server process, Chromium, and a dozen decodings
 def test_browser_upload_transcribe_move_noise_slider(model_dir, corpus, face, expected, tmp_path):
     exe = _chromium()
     pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'llama-avsr[web]')")
@@ -272,7 +272,17 @@ def test_browser_upload_transcribe_move_noise_slider(model_dir, corpus, face, ex
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     server = _Server(
-        ["--model", str(model_dir), "--examples", str(corpus), "--beams", str(BEAMS), "--device", "cpu"], env
+        [
+            "--model",
+            str(model_dir),
+            "--examples",
+            str(corpus),
+            "--beams",
+            str(BEAMS),
+            "--sweep-snrs",
+            "0,clean",
+        ],
+        env,
     )
     options = webdriver.ChromeOptions()
     options.binary_location = exe
@@ -322,11 +332,23 @@ def test_browser_upload_transcribe_move_noise_slider(model_dir, corpus, face, ex
         assert driver.find_element(By.CSS_SELECTOR, "#noise input[value='babble']").is_selected()
         assert value("#transcript textarea") != ""
 
+        # WER against SNR for the clip (the reference is typed in), audio only vs audio-visual
+        driver.find_element(By.CSS_SELECTOR, "#sweep").click()
+        wait.until(lambda d: "WER against SNR for" in text("#sweep-message"))
+        assert driver.find_element(By.CSS_SELECTOR, "#wer-plot img").get_attribute("src")
+
+        # offline: the page fetched nothing from anywhere but this server
+        fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        elsewhere = [u for u in fetched if not u.startswith((url, "data:", "blob:"))]
+        assert fetched and not elsewhere, elsewhere
+
         shot = tmp_path / "serve.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-        target = os.environ.get("LLAMA_AVSR_SCREENSHOT")  # to refresh docs/serve.png
+        target = os.environ.get("LLAMA_AVSR_SCREENSHOT")  # docs/serve.png comes from here
         if target:
-            shutil.copy(shot, target)
+            from PIL import Image
+
+            Image.open(shot).convert("RGB").quantize(96).save(target, optimize=True)
     finally:
         if driver is not None:
             driver.quit()

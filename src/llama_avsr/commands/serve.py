@@ -45,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"of videos with .txt transcripts beside them (default: {DEMO_CORPUS} when present)",
     )
     p.add_argument(
+        "--sweep-snrs",
+        default="-5,0,5,10,20,clean",
+        help="SNRs (dB) of the page's WER-vs-SNR sweep (default: -5,0,5,10,20,clean)",
+    )
+    p.add_argument(
         "--max-upload-mb", type=float, default=200.0, help="largest upload accepted (default: 200)"
     )
     p.add_argument(
