@@ -298,7 +298,11 @@ def build_app(page: Page, title: str = "Llama-AVSR", model_name: str = "") -> An
                 with gr.Row():
                     sweep_btn = gr.Button("WER vs SNR for this clip", elem_id="sweep")
                 plot = gr.Image(
-                    label="WER against SNR", elem_id="wer-plot", interactive=False, type="filepath"
+                    label="WER against SNR",
+                    elem_id="wer-plot",
+                    interactive=False,
+                    type="filepath",
+                    height=360,
                 )
                 sweep_msg = gr.Markdown(elem_id="sweep-message")
 
