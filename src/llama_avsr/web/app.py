@@ -136,8 +136,14 @@ class Page:
         if audio is not None:
             view.audio = (SAMPLE_RATE, audio)
         note = f"{clip.name}: {clip.seconds:.1f} s, {_snr_text(noise, snr)}"
-        if clip.video is None:
-            note += " — no video in this clip: its stream is blanked"
+        if rows and len(rows[0].segments) > 1:
+            note += f", {len(rows[0].segments)} segments (long-form)"
+        missing = [m for m in self.demo.model.modalities if getattr(clip, m) is None]
+        if missing:
+            note += f" — no {' or '.join(missing)} in this clip: blanked"
+        warnings = sorted({w for r in rows for w in r.warnings})
+        if warnings:
+            note += " — " + "; ".join(w.replace(str(clip.name), "").strip() for w in warnings)
         view.message = note
         return view
 

@@ -85,6 +85,7 @@ class Transcript:
     seconds: float  # decoding time
     segments: list[tuple[float, float, str]]
     wer: float | None = None  # against the reference, when one is given
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. a segment cut at max_new_tokens
 
 
 def probe_seconds(path: str | Path) -> float:
@@ -121,7 +122,7 @@ class Demo:
     """The page's state that outlives a request: the model, decoding settings, limits, noise tracks.
 
     model: what ``llama_avsr.load_model`` returns (``transcribe``, ``modalities``).
-    load_media: ``llama_avsr.decoding.load_media`` (a parameter so that a test can count calls).
+    load_media: ``llama_avsr.decoding.load_media`` (``(path, modalities) -> Media``).
     beams: beam size (None: the model's own decoding configuration).
     examples: clips offered on the page (the demo corpus's full-face videos), with their transcripts.
     sweep_snrs: the SNRs (dB; None = clean) of the WER-vs-SNR sweep.
@@ -131,7 +132,7 @@ class Demo:
         self,
         model: Any,
         *,
-        load_media: Callable[[str | Path], Any] | None = None,
+        load_media: Callable[..., Any] | None = None,
         beams: int | None = None,
         limits: Limits | None = None,
         examples: Sequence[tuple[Path, str]] = (),
@@ -166,13 +167,16 @@ class Demo:
             raise ClipError(
                 f"{path.name}: {seconds:.0f} s is longer than the {self.limits.max_seconds:g} s this server accepts"
             )
+        mods = tuple(self.model.modalities)
         try:
-            m = self.load_media(path)
+            # a one-stream model asks only for its stream (no face detection for ASR); an AV model takes
+            # what the file has, so that an audio file or a silent video still gives one condition
+            m = self.load_media(path, mods if len(mods) == 1 else None)
         except (ValueError, OSError) as e:  # the API's media errors are one-line ValueErrors
-            raise ClipError(_one_line(e)) from e
+            raise ClipError(_one_line(e).replace(str(path), path.name)) from e
         audio, video = _streams(m)
         clip = Clip(path.name, audio, video)
-        needed = set(self.model.modalities)
+        needed = set(mods)
         present = {k for k, v in (("audio", audio), ("video", video)) if v is not None}
         if not needed & present:
             raise ClipError(f"{path.name}: has no {' or '.join(sorted(needed))}, which this model reads")
@@ -242,8 +246,10 @@ class Demo:
     ) -> list[Transcript]:
         """Decode the clip under each condition (``only``: those names). ``audio``: a noisy version of
         the clip's audio to use instead of the clean one."""
+        # a stream the clip lacks is left out: the API blanks it (zeros of the right length)
         given = {"audio": clip.audio if audio is None else audio, "video": clip.video}
-        inputs = {k: v for k, v in given.items() if v is not None}
+        inputs: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        inputs["name"] = clip.name
         rows = []
         for name, streams in self.conditions(clip):
             if only is not None and name not in only:
@@ -254,8 +260,8 @@ class Demo:
             except (ValueError, OSError) as e:
                 raise ClipError(f"{clip.name}: {_one_line(e)}") from e
             elapsed = time.perf_counter() - start
-            segments = [tuple(s) for s in getattr(r, "segments", None) or []]
-            row = Transcript(name, streams, r.text, elapsed, segments)  # type: ignore[arg-type]
+            segments = [(s.start, s.end, s.text) for s in r.segments]
+            row = Transcript(name, streams, r.text, elapsed, segments, warnings=list(r.warnings))
             if reference.strip():
                 row.wer = _word_error_rate(reference, r.text)
             rows.append(row)
@@ -295,11 +301,8 @@ class Demo:
 
 
 def _streams(m: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(audio, video) of what ``load_media`` returned (an object with ``audio``/``video`` or a dict)."""
-    if isinstance(m, dict):
-        audio, video = m.get("audio"), m.get("video")
-    else:
-        audio, video = m.audio, m.video
+    """(audio, video) of a :class:`~llama_avsr.decoding.Media`."""
+    audio, video = m.audio, m.video
     audio = None if audio is None else np.asarray(audio, dtype=np.float32)
     video = None if video is None else np.asarray(video, dtype=np.uint8)
     return audio, video
