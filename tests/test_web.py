@@ -182,6 +182,26 @@ def test_bad_files_become_one_line_messages(page, tmp_path):
     assert "Upload a video" in page.on_clip(None).message
 
 
+def test_long_audio_file_goes_through_the_long_form_path_with_video_blanked(page, speak, tmp_path):
+    from llama_avsr import media
+
+    pause = np.zeros(8000, np.float32)  # 0.5 s
+    words = ["please carry the long knife", "the cat sat on the mat", "put the red ball in the box"]
+    said = [x for w in words for x in (speak(w), pause)]
+    audio = np.concatenate(said * int(np.ceil(20 * 16_000 / sum(map(len, said)))))
+    assert len(audio) / 16_000 >= 20  # longer than the API's segments (16 s by default)
+    media.write_wav(tmp_path / "talk.wav", audio)
+    view = page.on_clip(str(tmp_path / "talk.wav"))
+    assert view.clip is not None and view.clip.video is None and view.strip is None, view.message
+    assert [row[0] for row in view.table] == ["audio only (video blanked)"]  # the only condition it allows
+    assert "segments (long-form)" in view.message and "no video in this clip: blanked" in view.message
+    (row,) = view.rows
+    assert len(row.segments) >= 2 and all(e - s <= 16.0 + 1e-6 for s, e, _ in row.segments)
+    ends = [x for s, e, _ in row.segments for x in (s, e)]
+    assert ends == sorted(ends) and 0.0 <= ends[0] and ends[-1] <= len(audio) / 16_000 + 1e-3
+    assert len(view.transcript.splitlines()) == len(row.segments) and view.transcript.startswith("[")
+
+
 def test_limits_refuse_large_and_long_clips(api, face, tmp_path):
     small = Page(Demo(api, limits=Limits(max_upload_mb=0.01)), workdir=tmp_path / "a")
     assert "MB limit" in small.on_clip(str(face[0])).message
