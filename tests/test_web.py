@@ -229,6 +229,13 @@ def test_examples_are_the_corpus_full_face_videos(corpus, face):
     assert find_examples(corpus / "nowhere") == []
 
 
+def test_serve_command_reports_bad_settings_in_one_line(tmp_path, caplog):
+    assert main(["serve", "--model", str(tmp_path / "nothing")]) == 1
+    assert "nothing" in caplog.text and "Traceback" not in caplog.text
+    assert main(["serve", "--model", str(tmp_path), "--sweep-snrs", "loud"]) == 2
+    assert main(["serve", "--model", str(tmp_path), "--max-seconds", "0"]) == 2
+
+
 # -- the real page in headless Chromium ----------------------------------------------------------------
 
 

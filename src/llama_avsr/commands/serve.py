@@ -76,11 +76,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         limits = Limits(args.max_upload_mb, args.max_seconds)
-        sweep_snrs = parse_snrs(args.sweep_snrs)
-        if not sweep_snrs:
-            raise ValueError("--sweep-snrs names no SNR")
     except ValueError as e:
         log.error("%s", e)
+        return 2
+    try:
+        sweep_snrs = parse_snrs(args.sweep_snrs)
+    except ValueError as e:
+        log.error("--sweep-snrs %s: %s", args.sweep_snrs, e)
+        return 2
+    if not sweep_snrs:
+        log.error("--sweep-snrs names no SNR")
         return 2
     name = args.model or str(DEMO_MODEL)
     if args.model is None and not DEMO_MODEL.is_dir():
@@ -93,7 +98,15 @@ def run(args: argparse.Namespace) -> int:
     if args.examples and not examples:
         log.warning("%s: no example clips found there", args.examples)
     log.warning("loading %s …", name)
-    model = llama_avsr.load_model(name, device=args.device)
+    try:
+        model = llama_avsr.load_model(name, device=args.device)
+    except (ValueError, OSError) as e:  # a missing / broken model directory, an unknown device
+        log.error("%s", e)
+        return 1
     page = Page(Demo(model, beams=args.beams, limits=limits, examples=examples, sweep_snrs=sweep_snrs))
-    launch(page, host=args.host, port=args.port, model_name=name)
+    try:
+        launch(page, host=args.host, port=args.port, model_name=name)
+    except OSError as e:  # the port is taken, the address cannot be bound
+        log.error("cannot serve on %s:%s: %s", args.host, args.port or "7860+", e)
+        return 1
     return 0
