@@ -162,7 +162,7 @@ def test_users_noise_file_and_a_bad_noise_file(page, loaded, tmp_path):
     assert "my noise file noise at 0 dB" in view.message and view.transcript
     (tmp_path / "bad.wav").write_bytes(b"RIFF" + bytes(100))
     bad = page.on_noise(clip, NOISE_FILE, 0.0, str(tmp_path / "bad.wav"))
-    assert bad.message.startswith("**Cannot use this clip:**") and "bad.wav" in bad.message
+    assert bad.message.startswith("**Cannot use this file:**") and "bad.wav" in bad.message
     assert "Traceback" not in bad.message and "\n" not in bad.message
     assert page.on_noise(clip, NOISE_FILE, 0.0, None).message.startswith("**Cannot")
 
@@ -176,8 +176,9 @@ def test_bad_files_become_one_line_messages(page, tmp_path):
     media.write_video(tmp_path / "noface.mp4", gray, 25, audio=np.zeros(19200, np.float32))
     for name, words in [("empty.mp4", "empty"), ("junk.mp4", "junk.mp4"), ("noface.mp4", "face")]:
         view = page.on_clip(str(tmp_path / name))
-        assert view.message.startswith("**Cannot use this clip:**"), (name, view.message)
+        assert view.message.startswith("**Cannot use this file:**"), (name, view.message)
         assert words in view.message and "\n" not in view.message and "Traceback" not in view.message
+        assert str(tmp_path) not in view.message  # the file's name, not where the server keeps it
         assert view.clip is None and view.transcript == "" and view.table == []
     assert "Upload a video" in page.on_clip(None).message
 
@@ -334,7 +335,7 @@ def test_browser_upload_transcribe_move_noise_slider(model_dir, corpus, face, ex
         junk.write_bytes(b"\x00" * 2048)
         upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#clip input[type=file]"))
         upload.send_keys(str(junk))
-        wait.until(lambda d: "Cannot use this clip" in text("#message"))
+        wait.until(lambda d: "Cannot use this file" in text("#message"))
         assert "junk.mp4" in text("#message") and "Traceback" not in driver.page_source
         driver.find_element(By.CSS_SELECTOR, "#clip button[aria-label='Clear']").click()
 

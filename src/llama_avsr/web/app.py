@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,8 @@ TABLE_HEADERS = ["condition", "transcript", "WER %", "decoding s"]
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 SNR_RANGE = (-10.0, 30.0)
 SNR_DEFAULT = 5.0
+#: mouth clips and plots kept in the work folder
+KEEP_FILES = 200
 
 
 @dataclasses.dataclass
@@ -61,7 +64,7 @@ class View:
 
 def _error_text(e: BaseException) -> str:
     if isinstance(e, ClipError):
-        return f"**Cannot use this clip:** {e}"
+        return f"**Cannot use this file:** {e}"
     log.exception("unexpected failure in a page handler")
     first = (str(e).strip().splitlines() or [""])[0]
     return f"**Something went wrong** ({type(e).__name__}: {first}); the server log has the details."
@@ -81,7 +84,11 @@ class Page:
         self._count = 0
 
     def _out(self, suffix: str) -> Path:
+        """A new file in the work folder; the oldest are removed as new ones come (the page has
+        long shown others by then)."""
         self._count += 1
+        for old in self.workdir.glob(f"{self._count - KEEP_FILES:05d}.*"):
+            old.unlink(missing_ok=True)
         return self.workdir / f"{self._count:05d}{suffix}"
 
     def on_clip(
@@ -235,7 +242,8 @@ def build_app(page: Page, title: str = "Llama-AVSR", model_name: str = "") -> An
     def sweep(clip, reference, noise, noise_file, progress=gr.Progress()):  # noqa: B008 — Gradio's idiom
         return page.on_sweep(clip, reference, noise, noise_file, progress=lambda f, d: progress(f, desc=d))
 
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
+    # Gradio's copies of uploads older than a day are removed every hour
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 86400)) as app:
         gr.Markdown(
             f"# {title}\n{_describe(demo.model)}{f' — `{model_name}`' if model_name else ''}. "
             "Upload a video of a talking face, record one, or pick an example; add noise and compare "
@@ -358,4 +366,5 @@ def launch(
             pass
         finally:
             app.close()
+            shutil.rmtree(page.workdir, ignore_errors=True)
     return result

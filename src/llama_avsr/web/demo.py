@@ -102,7 +102,7 @@ def probe_seconds(path: str | Path) -> float:
             ]
             return max(durations, default=0.0)
     except media.MediaError as e:
-        raise ClipError(_one_line(e)) from e
+        raise ClipError(_one_line(e).replace(str(path), path.name)) from e
     except av.error.FFmpegError as e:
         raise ClipError(f"{path.name}: unreadable ({e})") from e
 
@@ -155,18 +155,7 @@ class Demo:
         if not path:
             raise ClipError("no clip: upload a video, record one, or pick an example")
         path = Path(path)
-        if not path.is_file():
-            raise ClipError(f"{path.name}: file not found")
-        size_mb = path.stat().st_size / 1e6
-        if size_mb > self.limits.max_upload_mb:
-            raise ClipError(
-                f"{path.name}: {size_mb:.0f} MB is over the {self.limits.max_upload_mb:g} MB limit"
-            )
-        seconds = probe_seconds(path)
-        if seconds > self.limits.max_seconds:
-            raise ClipError(
-                f"{path.name}: {seconds:.0f} s is longer than the {self.limits.max_seconds:g} s this server accepts"
-            )
+        self._check_size(path)
         mods = tuple(self.model.modalities)
         try:
             # a one-stream model asks only for its stream (no face detection for ASR); an AV model takes
@@ -202,11 +191,32 @@ class Demo:
         else:
             raise ClipError(f"unknown noise {kind!r}")
         if key not in self._noise:
+            if kind == NOISE_FILE:
+                self._check_size(Path(key), "noise file")
             try:
-                self._noise[key] = source.load().numpy()
+                track = source.load().numpy()
             except NoiseError as e:
-                raise ClipError(_one_line(e)) from e
+                raise ClipError(_one_line(e).replace(str(Path(key).parent) + "/", "")) from e
+            # babble stays; of the users' files only the latest is kept
+            self._noise = {k: v for k, v in self._noise.items() if k == NOISE_BABBLE}
+            self._noise[key] = track
         return self._noise[key]
+
+    def _check_size(self, path: Path, what: str = "") -> None:
+        """Refuse a file over the upload or duration limit before decoding it."""
+        if not path.is_file():
+            raise ClipError(f"{path.name}: file not found")
+        size_mb = path.stat().st_size / 1e6
+        if size_mb > self.limits.max_upload_mb:
+            raise ClipError(
+                f"{path.name}: {size_mb:.0f} MB is over the {self.limits.max_upload_mb:g} MB limit"
+            )
+        seconds = probe_seconds(path)
+        if seconds > self.limits.max_seconds:
+            raise ClipError(
+                f"{path.name}: {seconds:.0f} s is longer than the {self.limits.max_seconds:g} s this server "
+                f"accepts{f' for a {what}' if what else ''}"
+            )
 
     def mix(
         self, clip: Clip, snr: float | None, kind: str = NOISE_BABBLE, noise_file: str | Path | None = None
