@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,42 @@ def test_long_audio_file_goes_through_the_long_form_path_with_video_blanked(page
     ends = [x for s, e, _ in row.segments for x in (s, e)]
     assert ends == sorted(ends) and 0.0 <= ends[0] and ends[-1] <= len(audio) / 16_000 + 1e-3
     assert len(view.transcript.splitlines()) == len(row.segments) and view.transcript.startswith("[")
+
+
+def _write_vfr(path: Path, times: list[float], levels: list[int]) -> None:
+    """A variable-frame-rate video (as browsers record webcams): gray frames shown from ``times``."""
+    import av
+
+    with av.open(str(path), "w", format="matroska") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for t, level in zip(times, levels, strict=True):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), level, np.uint8), format="rgb24")
+            f.pts, f.time_base = round(t * 1000), Fraction(1, 1000)
+            for pkt in s.encode(f):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+
+
+def test_variable_frame_rate_recordings_are_retimed_to_25_fps(tmp_path):
+    from llama_avsr import media
+    from llama_avsr.web.demo import constant_rate
+
+    times = [0.0, 0.05, 0.1, 0.15, 0.9, 1.25, 1.6, 1.95]  # a webcam recording seen in Chromium
+    levels = [20, 50, 80, 110, 140, 170, 200, 230]
+    _write_vfr(tmp_path / "rec.mkv", times, levels)
+    out = constant_rate(tmp_path / "rec.mkv", tmp_path / "rec.mp4")
+    frames, fps = media.read_video(out, gray=True)
+    assert fps == 25 and len(frames) == 49  # 0 … 1.92 s every 40 ms
+    shown = frames.reshape(len(frames), -1).mean(1)
+    for k, tick in enumerate(np.arange(49) / 25):
+        want = levels[max(i for i, t in enumerate(times) if t <= tick + 1e-6)]
+        assert abs(shown[k] - want) < 8, (k, tick, shown[k], want)
+    # a constant-rate file is read as it is
+    media.write_video(tmp_path / "cfr.mp4", np.zeros((10, 48, 64), np.uint8), 30)
+    assert constant_rate(tmp_path / "cfr.mp4", tmp_path / "x.mp4") is None
 
 
 def test_limits_refuse_large_and_long_clips(api, face, tmp_path):

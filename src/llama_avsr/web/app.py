@@ -103,7 +103,7 @@ class Page:
         if not path:
             return View(message="Upload a video, record one with the webcam, or pick an example.")
         try:
-            clip = self.demo.load(path)
+            clip = self.demo.load(path, self.workdir)
         except Exception as e:  # noqa: BLE001 — the page shows a message, never a stack trace
             return View(message=_error_text(e), noise=noise)
         view = self.on_noise(clip, noise, snr, noise_file, reference)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +41,8 @@ SWEEP_SNRS: tuple[float | None, ...] = (-5.0, 0.0, 5.0, 10.0, 20.0, None)
 STRIP_GRID = (2, 4)
 #: noise choices on the page
 NOISE_CLEAN, NOISE_BABBLE, NOISE_FILE = "clean", "babble", "my noise file"
+#: suffixes of audio-only files (no frame-rate check)
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"})
 
 
 class ClipError(ValueError):
@@ -107,6 +110,76 @@ def probe_seconds(path: str | Path) -> float:
         raise ClipError(f"{path.name}: unreadable ({e})") from e
 
 
+def frame_times(path: str | Path) -> np.ndarray | None:
+    """Presentation times (s, sorted) of the video frames, read from the packets without decoding;
+    None when the file has no video track."""
+    import av
+
+    with media._open(path) as c:
+        if not c.streams.video:
+            return None
+        stream = c.streams.video[0]
+        try:
+            pts = [p.pts for p in c.demux(stream) if p.pts is not None and p.size > 0]
+        except av.error.FFmpegError as e:
+            raise ClipError(f"{Path(path).name}: corrupt video stream ({e})") from e
+        base = float(stream.time_base)
+    if not pts:
+        return None
+    t = np.sort(np.asarray(pts, dtype=np.float64) * base)
+    return t - t[0]
+
+
+def is_variable_rate(times: np.ndarray, fps: float) -> bool:
+    """Whether frames placed at ``i / fps`` would drift more than half a frame from their timestamps
+    (browsers' webcam recordings: MediaRecorder writes frames whenever they come)."""
+    if len(times) < 2 or fps <= 0:
+        return False
+    return bool(np.abs(times - np.arange(len(times)) / fps).max() > 0.5 / fps)
+
+
+def constant_rate(path: str | Path, out: str | Path, fps: float = VIDEO_FPS) -> Path | None:
+    """A variable-frame-rate recording → an mp4 at a constant ``fps`` with each frame shown from its own
+    timestamp on (and the original audio), so that lips and sound stay aligned; None when the file
+    already is constant-rate (it is then read as it is)."""
+    import av
+
+    times = frame_times(path)
+    if times is None:
+        return None
+    with media._open(path) as c:
+        stream = c.streams.video[0]
+        declared = float(stream.average_rate or stream.guessed_rate or 0)
+    if declared > 0 and not is_variable_rate(times, declared):
+        return None
+    frames: list[np.ndarray] = []
+    stamps: list[float] = []
+    with media._open(path) as c:
+        stream = c.streams.video[0]
+        try:
+            for f in c.decode(stream):
+                if f.pts is None:
+                    continue
+                frames.append(f.to_ndarray(format="rgb24"))
+                stamps.append(float(f.pts * f.time_base))
+        except av.error.FFmpegError as e:
+            raise ClipError(f"{Path(path).name}: corrupt video stream ({e})") from e
+    if not frames:
+        return None
+    order = np.argsort(stamps)
+    t = np.asarray(stamps)[order] - min(stamps)
+    ticks = np.arange(int(np.floor(t[-1] * fps)) + 1) / fps
+    # the frame on screen at each tick: the last one that started at or before it
+    idx = order[np.clip(np.searchsorted(t, ticks + 1e-6, side="right") - 1, 0, len(t) - 1)]
+    try:
+        audio = media.read_audio(path)
+    except media.MediaError:
+        audio = None  # no sound track: the model's own checks say what that means
+    media.write_video(out, np.stack([frames[i] for i in idx]), fps, audio=audio)
+    log.info("%s: variable frame rate (%d frames in %.2f s) → %g fps", Path(path).name, len(t), t[-1], fps)
+    return Path(out)
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
@@ -150,19 +223,28 @@ class Demo:
 
     # -- clips -----------------------------------------------------------------------------------------
 
-    def load(self, path: str | Path | None) -> Clip:
-        """Check the limits, then decode and prepare the clip (face detection, mouth crop, 16 kHz audio)."""
+    def load(self, path: str | Path | None, workdir: str | Path | None = None) -> Clip:
+        """Check the limits, then decode and prepare the clip (face detection, mouth crop, 16 kHz audio).
+
+        workdir: where a variable-frame-rate recording (a webcam clip from the browser) is rewritten at
+        a constant 25 fps first (default: a temporary folder, removed afterwards)."""
         if not path:
             raise ClipError("no clip: upload a video, record one, or pick an example")
         path = Path(path)
         self._check_size(path)
         mods = tuple(self.model.modalities)
-        try:
-            # a one-stream model asks only for its stream (no face detection for ASR); an AV model takes
-            # what the file has, so that an audio file or a silent video still gives one condition
-            m = self.load_media(path, mods if len(mods) == 1 else None)
-        except (ValueError, OSError) as e:  # the API's media errors are one-line ValueErrors
-            raise ClipError(_one_line(e).replace(str(path), path.name)) from e
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            source = path
+            if "video" in mods and path.suffix.lower() not in AUDIO_SUFFIXES:
+                source = constant_rate(path, Path(tmp) / f"{path.stem}.mp4") or path
+            if source.is_file() and source != path:
+                self._check_size(source)  # its duration, now that the container knows it
+            try:
+                # a one-stream model asks only for its stream (no face detection for ASR); an AV model
+                # takes what the file has, so that an audio file or a silent video still gives a condition
+                m = self.load_media(source, mods if len(mods) == 1 else None)
+            except (ValueError, OSError) as e:  # the API's media errors are one-line ValueErrors
+                raise ClipError(_one_line(e).replace(str(source), path.name)) from e
         audio, video = _streams(m)
         clip = Clip(path.name, audio, video)
         needed = set(mods)
