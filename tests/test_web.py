@@ -46,6 +46,8 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--disable-dev-shm-usage",
     "--window-size=1400,1700",
+    "--use-fake-device-for-media-stream",  # a synthetic camera and microphone for the recording
+    "--use-fake-ui-for-media-stream",  # and no permission prompt
 )
 
 
@@ -327,7 +329,7 @@ class _Server:
 
 
 @pytest.mark.slow  # 1–2 min: a server process, Chromium, and a dozen decodings
-def test_browser_upload_transcribe_move_noise_slider(model_dir, corpus, face, expected, tmp_path):
+def test_browser_record_upload_transcribe_move_noise_slider(model_dir, corpus, face, expected, tmp_path):
     exe = _chromium()
     pytest.importorskip("gradio", reason="the web extra is not installed (pip install 'llama-avsr[web]')")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (dev extra)")
@@ -367,14 +369,37 @@ def test_browser_upload_transcribe_move_noise_slider(model_dir, corpus, face, ex
         def text(css: str) -> str:
             return driver.find_element(By.CSS_SELECTOR, css).text
 
+        def click(xpath: str) -> None:
+            wait.until(lambda d: d.find_element(By.XPATH, xpath).is_displayed())
+            driver.find_element(By.XPATH, xpath).click()
+
+        # a webcam + microphone recording (Chromium's fake devices: a test pattern, no face) reaches the
+        # server, is decoded, and gets the no-face message
+        click("//*[@id='clip']//button[@aria-label='Capture from camera']")
+        click("//*[@id='clip']//button[contains(., 'Access Webcam')]")
+        # record once the camera preview plays, and stop once it has played two more seconds
+        played = "const v = document.querySelector('#clip video'); return v ? v.currentTime : 0;"
+        wait.until(lambda d: d.execute_script(played) > 1.0)
+        click("//*[@id='clip']//button[contains(., 'Record')]")
+        stop = "//*[@id='clip']//button[contains(., 'Stop')]"
+        wait.until(lambda d: d.find_element(By.XPATH, stop).is_displayed())
+        start = driver.execute_script(played)
+        wait.until(lambda d: d.execute_script(played) > start + 2.0)
+        click(stop)
+        wait.until(lambda d: "Cannot use this file" in text("#message"))
+        assert "no face" in text("#message"), text("#message")
+        assert "Traceback" not in driver.page_source
+        click("//*[@id='clip']//button[@aria-label='Clear']")
+        click("//*[@id='clip']//button[@aria-label='Upload file']")
+
         # a bad upload: a message in the page, not a stack trace
         junk = tmp_path / "junk.mp4"
         junk.write_bytes(b"\x00" * 2048)
         upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#clip input[type=file]"))
         upload.send_keys(str(junk))
-        wait.until(lambda d: "Cannot use this file" in text("#message"))
-        assert "junk.mp4" in text("#message") and "Traceback" not in driver.page_source
-        driver.find_element(By.CSS_SELECTOR, "#clip button[aria-label='Clear']").click()
+        wait.until(lambda d: "junk.mp4" in text("#message"))
+        assert "Cannot use this file" in text("#message") and "Traceback" not in driver.page_source
+        click("//*[@id='clip']//button[@aria-label='Clear']")
 
         # the generated full-face video, with its reference transcript
         path, reference = face
