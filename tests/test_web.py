@@ -187,7 +187,10 @@ def test_users_noise_file_and_a_bad_noise_file(page, loaded, tmp_path):
     bad = page.on_noise(clip, NOISE_FILE, 0.0, str(tmp_path / "bad.wav"))
     assert bad.message.startswith("**Cannot use this file:**") and "bad.wav" in bad.message
     assert "Traceback" not in bad.message and "\n" not in bad.message
-    assert page.on_noise(clip, NOISE_FILE, 0.0, None).message.startswith("**Cannot")
+    assert (
+        page.on_noise(clip, NOISE_FILE, 0.0, None).message
+        == "**Choose a noise file (any audio or video file with sound).**"
+    )
 
 
 def test_bad_files_become_one_line_messages(page, tmp_path):
@@ -280,7 +283,7 @@ def test_sweep_plots_wer_against_snr_for_audio_and_audio_visual(page, loaded, fa
     for points in curves.values():
         assert set(points) == {"0", "clean"}
         assert all(0.0 <= p["wer"] for p in points.values())
-    assert page.on_sweep(clip, "  ")[1].startswith("**Cannot")  # no reference: a message
+    assert "reference" in page.on_sweep(clip, "  ")[1]  # no reference: a message
 
 
 def test_examples_are_the_corpus_full_face_videos(corpus, face):

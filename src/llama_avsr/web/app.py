@@ -27,6 +27,7 @@ from llama_avsr.web.demo import (
     Clip,
     ClipError,
     Demo,
+    NeedsInput,
     Transcript,
     main_transcript,
     mouth_strip,
@@ -65,6 +66,8 @@ class View:
 def _error_text(e: BaseException) -> str:
     if isinstance(e, ClipError):
         return f"**Cannot use this file:** {e}"
+    if isinstance(e, NeedsInput):
+        return f"**{str(e)[:1].upper()}{str(e)[1:]}.**"
     log.exception("unexpected failure in a page handler")
     first = (str(e).strip().splitlines() or [""])[0]
     return f"**Something went wrong** ({type(e).__name__}: {first}); the server log has the details."
@@ -170,10 +173,9 @@ class Page:
         except Exception as e:  # noqa: BLE001
             return None, _error_text(e)
         path = wer_plot(by_condition, self._out(".png"))
-        (path.with_suffix(".json")).write_text(json.dumps(by_condition, indent=1))
-        return str(
-            path
-        ), f"WER against SNR for {clip.name} ({noise if noise != NOISE_CLEAN else NOISE_BABBLE})"
+        path.with_suffix(".json").write_text(json.dumps(by_condition, indent=1))
+        kind = NOISE_BABBLE if noise == NOISE_CLEAN else noise
+        return str(path), f"WER against SNR for {clip.name} ({kind})"
 
 
 def find_examples(root: str | Path | None) -> list[tuple[Path, str]]:

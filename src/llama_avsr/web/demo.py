@@ -45,6 +45,10 @@ NOISE_CLEAN, NOISE_BABBLE, NOISE_FILE = "clean", "babble", "my noise file"
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"})
 
 
+class NeedsInput(ValueError):
+    """The page lacks something the user has to give (a reference, a noise file); one line."""
+
+
 class ClipError(ValueError):
     """A clip or noise file the page cannot use; the message is one line meant for the user."""
 
@@ -229,7 +233,7 @@ class Demo:
         workdir: where a variable-frame-rate recording (a webcam clip from the browser) is rewritten at
         a constant 25 fps first (default: a temporary folder, removed afterwards)."""
         if not path:
-            raise ClipError("no clip: upload a video, record one, or pick an example")
+            raise NeedsInput("no clip: upload a video, record one, or pick an example")
         path = Path(path)
         self._check_size(path)
         mods = tuple(self.model.modalities)
@@ -268,10 +272,10 @@ class Demo:
             key, source = NOISE_BABBLE, NoiseSource(None)
         elif kind == NOISE_FILE:
             if not noise_file:
-                raise ClipError("choose a noise file (any audio or video file with sound)")
+                raise NeedsInput("choose a noise file (any audio or video file with sound)")
             key, source = str(noise_file), NoiseSource(noise_file)
         else:
-            raise ClipError(f"unknown noise {kind!r}")
+            raise NeedsInput(f"unknown noise {kind!r}")
         if key not in self._noise:
             if kind == NOISE_FILE:
                 self._check_size(Path(key), "noise file")
@@ -375,9 +379,9 @@ class Demo:
         from llama_avsr.evaluation.run import snr_label
 
         if not reference.strip():
-            raise ClipError("type the reference transcript first: WER needs it")
+            raise NeedsInput("type the reference transcript first: WER needs it")
         if clip.audio is None:
-            raise ClipError(f"{clip.name}: has no audio, so noise cannot change anything")
+            raise NeedsInput(f"{clip.name} has no audio: noise cannot change anything")
         if kind == NOISE_CLEAN:
             kind = NOISE_BABBLE
         names = [n for n, s in self.conditions(clip) if "audio" in s]
@@ -429,12 +433,10 @@ def write_mouth_clip(clip: Clip, path: str | Path, audio: np.ndarray | None = No
 
 def waveform_figure(clean: np.ndarray | None, noisy: np.ndarray | None = None, title: str = ""):
     """A matplotlib figure of the waveform (the noisy mixture drawn behind the clean speech)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: nothing keeps the page's figures alive
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 2.0))
+    fig = Figure(figsize=(8, 2.0))
+    ax = fig.subplots()
     if clean is None:
         ax.text(0.5, 0.5, "no audio", ha="center", va="center", transform=ax.transAxes)
     else:
