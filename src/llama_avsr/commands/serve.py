@@ -13,12 +13,13 @@ DESCRIPTION = (
     "shows the mouth crop and waveform the model gets, the transcript with every stream and (for an "
     "audio-visual model) with the video or the audio blanked, with decoding times; a noise slider mixes "
     "babble or your own noise file into the audio and transcribes again; with a reference typed in, it "
-    "plots WER against SNR for the clip. Works offline; binds to localhost unless told otherwise.\n\n"
-    "examples:\n"
-    "  llama-avsr serve --model demo_out/avsr/model\n"
-    "  llama-avsr serve --model owner/repo --port 7860 --examples my_clips/\n"
-    "  llama-avsr serve --model runs/exp/model --host 0.0.0.0   # reachable from other machines"
+    "plots WER against SNR for the clip. Works offline; binds to localhost unless told otherwise."
 )
+EXAMPLES = """\
+llama-avsr serve --model demo_out/avsr/model          # the model `llama-avsr demo` trains
+llama-avsr serve --model owner/repo --port 7861 --examples my_clips/
+llama-avsr serve --model runs/paper-avsr/model --host 0.0.0.0   # reachable from other machines
+"""
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +29,14 @@ DEMO_CORPUS = Path("demo_out/corpus")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument(
         "--model",
         default=None,
         help=f"model directory or hub repo id (default: {DEMO_MODEL}, the model `llama-avsr demo` trains)",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; 127.0.0.1 serves this machine only")
     p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860 on)")
-    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda:0, … (default: auto)")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA, MPS or CPU), cpu, cuda:0, …")
     p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's decode config)")
     p.add_argument(
         "--examples",
@@ -47,16 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sweep-snrs",
         default="-5,0,5,10,20,clean",
-        help="SNRs (dB) of the page's WER-vs-SNR sweep (default: -5,0,5,10,20,clean)",
+        help="SNRs (dB) of the page's WER-vs-SNR sweep",
     )
-    p.add_argument(
-        "--max-upload-mb", type=float, default=200.0, help="largest upload accepted (default: 200)"
-    )
+    p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload accepted, in MB")
     p.add_argument(
         "--max-seconds",
         type=float,
         default=300.0,
-        help="longest clip accepted, in seconds; long clips go through the long-form path (default: 300)",
+        help="longest clip accepted, in seconds (long clips are decoded in segments)",
     )
 
 
