@@ -62,7 +62,7 @@ class EncoderConfig:
     frozen: freeze the encoder weights (paper); encoder-side LoRA stays trainable.
     train_mode: keep a frozen encoder in train mode (dropout, layerdrop, BatchNorm updates) as the
         reference code does; default eval mode.
-    dtype: storage dtype of the encoder weights (``float32``, ``bfloat16``); inputs are cast to it.
+    dtype: storage dtype of the encoder weights (``float32``, ``bfloat16``, ``auto``: bf16 where native); inputs are cast to it.
     options: encoder-specific options, parsed by the encoder's own dataclass (see its module).
     """
 
@@ -179,7 +179,8 @@ class LLMConfig:
         with random weights.
     arch: a transformers config JSON (file, or name under ``configs/arch``) for meta-device builds.
     tokenizer: where the tokenizer comes from when it differs from ``source`` (random-weight builds).
-    dtype: storage dtype of the frozen LLM weights (``float32``, ``bfloat16``).
+    dtype: storage dtype of the frozen LLM weights (``float32``, ``bfloat16``, ``auto``: bf16 where the
+        machine computes it natively, else float32).
     lora: LoRA on q/v; ``None`` trains only the projectors (reference ``add_PETF_LLM None``).
     gradient_checkpointing: recompute the LLM's activations in the backward pass (less memory, one
         more forward pass of the LLM per step).
@@ -514,12 +515,15 @@ def config_keys(cls: type, prefix: str = "") -> list[KeyInfo]:
 
 
 def torch_dtype(name: str):
-    """``"bfloat16"`` → ``torch.bfloat16`` (clear error for unknown names)."""
+    """``"bfloat16"`` → ``torch.bfloat16`` (clear error for unknown names); ``"auto"`` → bfloat16 where
+    the machine computes it natively, else float32 (see :mod:`llama_avsr.devices`)."""
     import torch
 
-    dt = getattr(torch, name, None)
+    from llama_avsr.devices import auto_dtype_name
+
+    dt = getattr(torch, auto_dtype_name(name), None)
     if not isinstance(dt, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r} (use float32, bfloat16 or float16)")
+        raise ValueError(f"unknown dtype {name!r} (use float32, bfloat16, float16 or auto)")
     return dt
 
 

@@ -20,7 +20,7 @@ SHARDED_STRATEGIES = (
     "deepspeed_stage_2_offload",
     "deepspeed_stage_3_offload",
 )
-PRECISIONS = ("bf16-mixed", "bf16-true", "32-true", "16-mixed")
+PRECISIONS = ("bf16-mixed", "bf16-true", "32-true", "16-mixed", "auto")
 FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
 QUANTIZATION = ("nf4", "int8")
 #: how the final model is chosen (``TrainConfig.select``)
@@ -44,7 +44,8 @@ class TrainConfig:
     schedule: ``steps`` — the cosine spans ``max_steps`` (or ``epochs``); ``time`` — it spans the
         ``max_minutes`` budget (progress = training time used / budget), so a time-limited run such
         as the demo always ends at the low learning rate whatever the machine's speed.
-    precision: Lightning precision: ``bf16-mixed`` (paper), ``bf16-true``, ``32-true``, ``16-mixed``.
+    precision: Lightning precision: ``bf16-mixed`` (paper), ``bf16-true``, ``32-true``, ``16-mixed``, or
+        ``auto``: ``bf16-mixed`` where the device computes bf16 natively, else ``32-true``.
     strategy / devices / num_nodes / accelerator: Lightning's. ``auto`` (one device), ``ddp``, ``fsdp``
         (shards the LLM per decoder layer, checkpoints sharded), ``deepspeed_stage_2`` / ``_3``
         (+ ``_offload``; needs ``pip install deepspeed`` and CUDA), or any other Lightning strategy name.

@@ -31,6 +31,7 @@ from llama_avsr.benchmark.measure import (
 from llama_avsr.data.batch import PAD_LABEL, Batch
 from llama_avsr.data.collate import Collator
 from llama_avsr.decoding.search import generate
+from llama_avsr.devices import resolve_precision
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.models.feature_cache import FeatureCache
 from llama_avsr.models.llm import base_causal_lm
@@ -67,7 +68,7 @@ class Bench:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
-        self.precision = cfg.precision or exp.train.precision
+        self.precision = resolve_precision(cfg.precision or exp.train.precision, self.device.type)
         self.amp_dtype = (
             torch.bfloat16
             if "bf16-mixed" in self.precision

@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
+from llama_avsr.devices import resolve_precision
 from llama_avsr.logs import tidy_library_loggers
 from llama_avsr.model_dir import save_model_dir
 from llama_avsr.models.avsr import AVSRModel
@@ -59,11 +60,8 @@ def _loggers(exp: ExperimentConfig, out: Path) -> list[Any]:
 
 
 def _precision(requested: str) -> str:
-    """bf16 where the hardware has it; otherwise fall back to fp32 with a warning."""
-    if "bf16" in requested and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        log.warning("this GPU has no bf16: training in fp32 instead of %s", requested)
-        return "32-true"
-    return requested
+    """bf16 where the hardware has it (``auto``); a GPU without bf16 falls back to fp32 with a warning."""
+    return resolve_precision(requested)
 
 
 class _Checkpoints(ModelCheckpoint):

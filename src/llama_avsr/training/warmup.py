@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from llama_avsr.data.batch import PAD_LABEL
 from llama_avsr.data.collate import Collator
 from llama_avsr.data.dataset import build_dataloader, load_split
+from llama_avsr.devices import resolve_precision
 from llama_avsr.evaluation.metrics import ErrorCounts, align_counts
 from llama_avsr.models.avsr import AVSRModel
 
@@ -371,7 +372,7 @@ def _warm_trained_stream(
 
     autocast = (
         torch.autocast(model.device.type, dtype=torch.bfloat16)
-        if str(t.precision).startswith("bf16")
+        if resolve_precision(str(t.precision), model.device.type).startswith("bf16")
         else contextlib.nullcontext()
     )
     eos = collator.eos_id
