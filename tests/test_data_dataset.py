@@ -252,6 +252,30 @@ def test_dataloader_workers_train_reproducible(corpus: Path) -> None:
     )
 
 
+def test_training_augmentation_is_per_item_the_same_for_any_number_of_workers(corpus: Path) -> None:
+    """Each training item draws its augmentation and noise from (seed, epoch, item): 0 or 2 workers,
+    and a loader resumed mid-epoch, give the same batches (an exact resume needs nothing else)."""
+    noise = corpus / "noise.wav"
+    media.write_wav(noise, np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1)
+    utterances = utts(corpus)
+    collator = Collator(CharTokenizer(), ["audio", "video"])
+
+    def run(workers: int, skip: int = 0) -> list[BatchWithSkips]:
+        cfg = DataConfig(num_workers=workers, max_frames=60, noise_file=str(noise), seed=4, train_snrs=[0])
+        loader = build_dataloader(utterances, cfg, collator, "train", epoch=1)
+        loader.batch_sampler.load_state_dict({"epoch": 1, "global_consumed": skip})
+        return list(loader)
+
+    alone, pooled, resumed = run(0), run(2), run(0, skip=1)
+    assert len(alone) >= 2
+    for x, y in zip(alone, pooled, strict=True):
+        assert x.ids == y.ids
+        for m in x.inputs:
+            assert torch.equal(x.inputs[m], y.inputs[m])
+    for x, y in zip(alone[1:], resumed, strict=True):
+        assert x.ids == y.ids and all(torch.equal(x.inputs[m], y.inputs[m]) for m in x.inputs)
+
+
 def test_dataloader_distributed_split(corpus: Path) -> None:
     utterances = utts(corpus)
     cfg = DataConfig(num_workers=0, max_frames=60, max_batch_size=1)

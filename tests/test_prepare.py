@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -360,3 +361,46 @@ def test_cli_runs_a_process_pool(videos: dict, tmp_path) -> None:
     assert js["counts"] == {"done": 1, "exists": 0, "skipped": 1}
     # --fail-fast: stops with exit status 1 (in one process, to keep the test short)
     assert main([*args[:-2], "--no-progress", "--fail-fast", "--overwrite"]) == 1
+
+
+def test_second_prepare_into_a_dataset_merges_into_its_labels(videos: dict, tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "corpus"
+    more = tmp_path / "more"
+    (more / "spk2").mkdir(parents=True)
+    shutil.copy(videos["good"], more / "spk2" / "again.mp4")
+    prepare_corpus([videos["good"]], _options(out), root=videos["dir"], progress=False)
+    prepare_corpus([more / "spk2" / "again.mp4"], _options(out), root=more, progress=False)
+    lines = (out / "labels" / "mine.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in lines] == ["spk1/good.mp4", "spk2/again.mp4"]
+    assert lines[0].endswith("hello world it's a well-known test")  # the first run's line, unchanged
+
+
+def test_concurrent_prepare_into_one_dataset_is_refused(videos: dict, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from llama_avsr.io import LockedError
+
+    out = tmp_path / "corpus"
+    repo = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(repo / "src"), os.environ.get("PYTHONPATH")])),
+    }
+    holder = subprocess.Popen(
+        [sys.executable, str(repo / "tests" / "helpers" / "hold_lock.py"), str(out / "mine")],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "LOCKED"  # the other writer holds the dataset
+        with pytest.raises(LockedError, match="already writing"):
+            prepare_corpus([videos["good"]], _options(out), root=videos["dir"], progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "labels" / "mine.csv").exists()

@@ -21,6 +21,7 @@ import warnings
 
 from llama_avsr import __version__
 from llama_avsr.config import ConfigError
+from llama_avsr.errors import UserError
 
 #: sub-command name → module under llama_avsr.commands (order = order in --help)
 COMMANDS: dict[str, str] = {
@@ -152,11 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ConfigError, FileNotFoundError) as e:
-        # a mistake in the command line or config: one line, no traceback (-vv shows it)
-        logging.getLogger("llama_avsr").debug("traceback", exc_info=True)
-        print(f"llama-avsr {args.command}: {e}", file=sys.stderr)  # noqa: T201
+    except (UserError, ConfigError, FileNotFoundError) as e:
+        # a mistake the user can fix (command line, config, a file): one line naming it and the fix;
+        # the traceback with -v
+        if getattr(args, "verbose", 0):
+            logging.getLogger("llama_avsr").error("traceback", exc_info=True)
+        print(f"llama-avsr {args.command}: {' '.join(str(e).split())}", file=sys.stderr)  # noqa: T201
         return 2
+    except KeyboardInterrupt:
+        print(f"llama-avsr {args.command}: interrupted", file=sys.stderr)  # noqa: T201
+        return 130
 
 
 def entry() -> int:

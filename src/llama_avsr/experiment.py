@@ -131,6 +131,15 @@ class TrainConfig:
     ctc_warmup_rate: str = "stream"
 
     def __post_init__(self) -> None:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(
+                f"train.max_steps={self.max_steps} trains nothing: give a positive number of optimiser "
+                "steps, or -1 to train for train.epochs"
+            )
+        if self.max_steps == -1 and self.epochs < 1:
+            raise ValueError(
+                f"train.epochs={self.epochs} trains nothing: give at least 1 (or train.max_steps)"
+            )
         bad = set(self.loggers) - set(LOGGERS)
         if bad:
             raise ValueError(f"train.loggers: unknown {sorted(bad)}; choose from {LOGGERS}")

@@ -44,7 +44,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from llama_avsr.errors import UserError
 from llama_avsr.experiment import ExperimentConfig
+from llama_avsr.io import atomic_write_text, update_json
 from llama_avsr.models.avsr import AVSRModel, TrainableStateError
 from llama_avsr.models.llm import base_causal_lm
 
@@ -70,7 +72,7 @@ PUSH_IGNORE = ["eval/**", ".*", "**/.*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class ModelDirError(ValueError):
+class ModelDirError(UserError, ValueError):
     """A model directory that is missing files or does not match its configuration."""
 
 
@@ -201,7 +203,9 @@ def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
 def _write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
     """Build the directory in a temporary sibling, then rename it over ``out`` (never half-written).
 
-    An existing ``out`` is replaced only when it is empty or a model directory (has ``config.json``).
+    An existing ``out`` is replaced only when it is empty or a model directory (has ``config.json``);
+    it is moved aside (a hidden sibling) until the new one is in place, and only then deleted: a crash
+    at any point leaves the old directory or the new one complete on disk.
     """
     out = Path(out)
     if out.exists() and not (out.is_dir() and ((out / CONFIG).is_file() or not any(out.iterdir()))):
@@ -211,9 +215,19 @@ def _write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
     try:
         fill(tmp)
         _normal_permissions(tmp)
+        old = None
         if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old.")) / out.name
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out)  # put the old one back
+            raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old.parent, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -289,9 +303,14 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str], revision: str | None
     local = Path(text).expanduser()
     if (local / CONFIG).is_file():
         return local
+    if local.exists():  # never taken for a hub id: another model could be downloaded and used
+        if (local / "model" / CONFIG).is_file():
+            raise ModelDirError(
+                f"{local}: a training run folder, not a model directory (no {CONFIG}); "
+                f"pass its model: {local / 'model'}"
+            )
+        raise ModelDirError(f"{local}: not a model directory (no {CONFIG})")
     if not is_repo_id(text):
-        if local.is_dir():
-            raise ModelDirError(f"{local}: not a model directory (no {CONFIG})")
         raise ModelDirError(f"{text}: no such model directory (nor a hub repository id owner/name)")
     import huggingface_hub
 
@@ -379,21 +398,16 @@ def update_results(path: str | Path, results: dict[str, Any]) -> None:
     if not (path / CONFIG).is_file():
         log.warning("%s is not a local model directory (a hub repository?): results not merged into it", path)
         return
-    file = path / RESULTS
-    merged = json.loads(file.read_text()) if file.is_file() else {}
-    merged.update(results)
     prov_file = path / PROVENANCE
     provenance = json.loads(prov_file.read_text()) if prov_file.is_file() else None
     exp = ExperimentConfig.from_dict(json.loads((path / CONFIG).read_text()))
-    # replace rather than write through: files of a downloaded snapshot may be links into a cache
-    _replace_text(file, json.dumps(merged, indent=2))
-    _replace_text(path / CARD, model_card(exp, None, merged, provenance))
-
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    # a locked read-modify-write, replaced rather than written through (files of a downloaded snapshot
+    # may be links into a cache); the card is refreshed under the same lock
+    update_json(
+        path / RESULTS,
+        results,
+        then=lambda merged: atomic_write_text(path / CARD, model_card(exp, None, merged, provenance)),
+    )
 
 
 def copy_model_dir(src: str | Path, out: str | Path, revision: str | None = None) -> Path:

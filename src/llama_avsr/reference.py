@@ -30,7 +30,7 @@ r = hidden / reduction; our PEFT LoRA computes ``W_q x + B(A(x)) · lora_alpha /
 the recipe's r equals the checkpoint's.  The import checks that r (from the tensor shapes) and the
 scaling of every built LoRA module agree, and fails with the setting to change when they do not.
 
-Files are read with ``torch.load(weights_only=True)``: no pickled code runs.
+Files are read with ``torch.load(weights_only=True)`` (``llama_avsr.safe_load``): no pickled code runs.
 """
 
 from __future__ import annotations
@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +46,8 @@ from typing import Any
 
 import torch
 
+from llama_avsr import safe_load
+from llama_avsr.errors import UserError
 from llama_avsr.experiment import ExperimentConfig
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.models.llm import base_causal_lm
@@ -82,7 +82,7 @@ _WEIGHT_NORM = {
 }
 
 
-class ReferenceCheckpointError(ValueError):
+class ReferenceCheckpointError(UserError, ValueError):
     """A file that is not a Llama-AVSR checkpoint, or one that does not match the recipe."""
 
 
@@ -99,26 +99,10 @@ def read_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ReferenceCheckpointError(f"{path}: no such checkpoint file")
-    try:
-        # argparse.Namespace: the hyper-parameters Lightning stores; a plain attribute container
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        detail = _weights_only_detail(str(e))
-        found = re.search(r"GLOBAL ([\w.]+)", detail)
-        if found:
-            raise ReferenceCheckpointError(
-                f"{path}: refusing to unpickle: the file needs the Python object {found.group(1)}, which a "
-                "weights-only load does not run (a Llama-AVSR checkpoint holds only tensors)"
-            ) from e
-        raise ReferenceCheckpointError(
-            f"{path}: cannot read as a torch checkpoint (truncated, corrupt or another format): {detail}"
-        ) from e
-    except Exception as e:  # zip / storage errors of truncated or foreign files
-        raise ReferenceCheckpointError(
-            f"{path}: cannot read as a torch checkpoint (truncated, corrupt or another format): "
-            f"{type(e).__name__}: {_first_line(e)}"
-        ) from e
+    # argparse.Namespace: the hyper-parameters Lightning stores; a plain attribute container
+    obj = safe_load.load(
+        path, allow={"argparse.Namespace": argparse.Namespace}, error=ReferenceCheckpointError
+    )
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]  # a Lightning checkpoint of the reference's ModelModule_LLM
     if not isinstance(obj, Mapping):
@@ -142,18 +126,6 @@ def _rename_weight_norm(key: str) -> str:
     for new, old in _WEIGHT_NORM.items():
         key = key.replace(new, old)
     return key
-
-
-def _weights_only_detail(message: str) -> str:
-    """The specific reason inside torch's long "Weights only load failed …" message."""
-    if "Weights only load failed" in message and "\n\n" in message:
-        message = message.split("\n\n", 1)[1].split("Check the documentation of torch.load")[0]
-    return " ".join(message.split())[:300]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------------------------------

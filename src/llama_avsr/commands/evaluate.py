@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from llama_avsr.commands.argtypes import positive_int, snr_list
+
 HELP = "evaluate a model directory: WER/CER (+S/I/D), per-utterance JSONL, SNR sweep table, JSON and plot"
 DESCRIPTION = (
     HELP + ". Text is normalised before scoring (lower-case, punctuation except apostrophes removed, "
@@ -42,16 +44,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="score items that cannot be read as full errors (default: leave them out of the WER, counted)",
     )
-    p.add_argument("--snr", default="clean", help="comma-separated SNRs in dB, e.g. clean,10,5,0,-5")
+    p.add_argument(
+        "--snr", type=snr_list, default="clean", help="comma-separated SNRs in dB, e.g. clean,10,5,0,-5"
+    )
     p.add_argument(
         "--noise-file",
         default=None,
         help="noise file mixed in at --snr (sets data.eval_noise_file; default: the model config's, or the "
         "synthetic evaluation babble track, whose talkers are not those of the training track)",
     )
-    p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's decode config)")
-    p.add_argument("--batch-size", type=int, default=None, help="utterances decoded together")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="longest transcript in tokens")
+    p.add_argument(
+        "--beams", type=positive_int, default=None, help="beam size (default: the model's decode config)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=None, help="utterances decoded together")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="longest transcript in tokens")
     p.add_argument("--label", default=None, help="name of this model in tables and plots")
     p.add_argument(
         "-o",

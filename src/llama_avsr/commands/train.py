@@ -30,7 +30,18 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="recipe name (paper/asr, demo/avsr, …) or experiment YAML")
     p.add_argument("-o", "--out", default=None, help="run folder (sets train.out_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.ckpt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the folder from its newest complete checkpoint (weights, optimiser, "
+        "schedule, data position, random generators)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in the folder: its checkpoints/, logs/, model/, eval/ and JSON files "
+        "are deleted first (other files stay); without --resume or --overwrite such a folder is refused",
+    )
     p.add_argument(
         "--print-config",
         action="store_true",
@@ -40,10 +51,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llama_avsr.config import ConfigError
     from llama_avsr.experiment import ExperimentConfig
 
     overrides = [*args.overrides, *([f"train.out_dir={args.out}"] if args.out else [])]
-    exp = ExperimentConfig.load(args.config, overrides)
+    try:
+        exp = ExperimentConfig.load(args.config, overrides)
+    except (ConfigError, FileNotFoundError):
+        raise
+    except (ValueError, KeyError, TypeError) as e:  # a value the config checks refuse
+        raise ConfigError(str(e)) from e
     if args.print_config:
         from llama_avsr.config import dump_yaml
 
@@ -52,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from llama_avsr.training.distributed import is_global_zero
     from llama_avsr.training.run import train
 
-    model_dir = train(exp, resume=args.resume)
+    model_dir = train(exp, resume=args.resume, overwrite=args.overwrite)
     if not is_global_zero():
         return 0  # rank 0 writes the model directory and evaluates it; the other ranks are done
     log.info("model written to %s", model_dir)

@@ -9,6 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
+from llama_avsr.commands.argtypes import positive_int
+
 HELP = "transcribe videos or audio files (files, folders, globs) with a trained model"
 DESCRIPTION = (
     HELP + ". A raw video (any size / frame rate, with audio) goes through the same preparation as "
@@ -54,9 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the videos are 96x96 mouth ROIs at 25 fps (default: decided from the frame size)",
     )
     p.add_argument("--detector", default="mediapipe-mesh", help="face detector backend for raw videos")
-    p.add_argument("--beams", type=int, default=None, help="beam size (default: the model's decode config)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="longest transcript of a segment")
-    p.add_argument("--batch-size", type=int, default=None, help="segments decoded together")
+    p.add_argument(
+        "--beams", type=positive_int, default=None, help="beam size (default: the model's decode config)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=positive_int, default=None, help="longest transcript of a segment"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=None, help="segments decoded together")
     p.add_argument(
         "--streams", default=None, help="use only these streams, e.g. audio (the others are blanked)"
     )

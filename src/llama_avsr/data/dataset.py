@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,8 +30,14 @@ from llama_avsr.data.config import DataConfig
 from llama_avsr.data.corpus import SAMPLES_PER_FRAME, PackedUtterances, Utterance, read_labels
 from llama_avsr.data.sampler import FrameBudgetBatchSampler, mix_seed
 from llama_avsr.data.transforms import build_transforms
+from llama_avsr.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class DataError(UserError, ValueError):
+    """A label file or corpus setting that cannot be used (named in the message)."""
+
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -90,8 +97,11 @@ class AVDataset(Dataset):
     transforms: a pipeline per modality (``transforms.build_transforms``); by default the eval pipelines
         without noise.  Video pipelines take uint8 (T, H, W) frames, audio pipelines (T,) float32.
     on_error: ``skip`` (log, return :class:`SkippedItem`) or ``raise``.
-    seed: seeds the augmentation generator in the main process; in a DataLoader worker the generator is
-        seeded from the worker's seed (set by the DataLoader's generator) mixed with ``seed``.
+    seed: seeds the augmentation (and modality dropout). An item asked for as ``dataset[(epoch, index)]``
+        (a keyed batch sampler, as training uses) draws from a generator seeded by (seed, epoch, index):
+        the same augmentation and noise whatever the number of workers, the prefetching, or a resume
+        mid-epoch. A plain ``dataset[index]`` draws from one generator per process, seeded from ``seed``
+        (and, in a DataLoader worker, the worker's seed set by the DataLoader's generator).
     modality_dropout: modality → probability that an item's input is blanked (at most one modality per
         item; ``DataConfig.modality_dropout``); ignored when only one modality is loaded. blank: modalities blanked in every item.
     Items in which a modality was blanked list them under ``"blanked"``.
@@ -175,8 +185,10 @@ class AVDataset(Dataset):
                 raise media.MediaError(f"{utt.audio} does not exist and {e}") from e
             raise
 
-    def load(self, index: int) -> dict[str, Any]:
-        """Decode, align and transform item ``index``; raises ``MediaError`` naming the file."""
+    def load(self, index: int, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Decode, align and transform item ``index``; raises ``MediaError`` naming the file.
+
+        generator: draws the augmentation (default: this process's generator, :meth:`generator`)."""
         utt = self.utterances[index]
         raw: dict[str, torch.Tensor] = {}
         if "video" in self.modalities:
@@ -186,7 +198,7 @@ class AVDataset(Dataset):
             if "video" in raw:
                 raw["audio"] = cut_or_pad(raw["audio"], raw["video"].shape[0] * SAMPLES_PER_FRAME)
         sample: dict[str, Any] = {"id": utt.id, "text": utt.text}
-        g = self.generator()
+        g = generator if generator is not None else self.generator()
         for m, x in raw.items():
             try:
                 sample[m] = self.transforms[m](x, g).float()
@@ -206,9 +218,16 @@ class AVDataset(Dataset):
             sample["blanked"] = blanked
         return sample
 
-    def __getitem__(self, index: int) -> dict[str, Any] | SkippedItem:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | SkippedItem:
+        """Item ``key``: an index, or ``(epoch, index)`` for an item with its own augmentation stream."""
+        generator = None
+        if isinstance(key, tuple):
+            epoch, index = key
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index))
+        else:
+            index = key
         try:
-            return self.load(index)
+            return self.load(index, generator)
         except (media.MediaError, OSError) as e:
             if self.on_error == "raise":
                 raise
@@ -234,10 +253,17 @@ def load_split(cfg: DataConfig, split: str) -> list[Utterance]:
     """The utterances of ``split`` from its label CSV (malformed lines skipped, or raised with
     ``on_error="raise"``)."""
     if cfg.root is None:
-        raise ValueError("data.root is not set")
-    utterances, _ = read_labels(cfg.csv_path(split), cfg.root, strict=cfg.on_error == "raise")
+        raise DataError("data.root is not set: give the corpus root (data.root=... or --root)")
+    try:
+        path = cfg.csv_path(split)
+    except ValueError as e:  # the split's CSV is not set
+        raise DataError(str(e)) from e
+    if not Path(path).is_file():
+        raise DataError(f"{path}: label file not found (set data.{split}_csv, or --csv)")
+    utterances, problems = read_labels(path, cfg.root, strict=cfg.on_error == "raise")
     if not utterances:
-        raise ValueError(f"{cfg.csv_path(split)}: no usable utterances")
+        why = f"all {len(problems)} lines are malformed (first: {problems[0]})" if problems else "it is empty"
+        raise DataError(f"{path}: no usable utterances ({why})")
     return utterances
 
 
@@ -262,8 +288,9 @@ def build_dataloader(
         ``use_distributed_sampler=False``).  Padding repeats a few batches at val/test under DDP.
     transforms: override the pipelines built from ``cfg``.
 
-    Workers are persistent; augmentation is seeded per worker from (``cfg.seed``, epoch, rank), so a
-    run is reproducible for a given ``num_workers``.
+    Workers are persistent. Training items get their augmentation (noise included) from a generator
+    seeded by (``cfg.seed``, epoch, item): a run is reproducible for any ``num_workers`` and resumes
+    mid-epoch exactly (:class:`AVDataset`); other splits draw from one generator per worker.
     """
     if modalities is None:
         modalities = getattr(collator, "modalities", None)
@@ -278,7 +305,9 @@ def build_dataloader(
         mods,
         transforms,
         on_error=cfg.on_error,
-        seed=mix_seed(cfg.seed, rank),
+        # training items are keyed by (epoch, index): their streams must not depend on the rank, so
+        # that a run resumed on another number of processes augments each item as before
+        seed=cfg.seed if train else mix_seed(cfg.seed, rank),
         modality_dropout=cfg.modality_dropout if train else None,
         blank=() if train else cfg.blank_modalities,
     )
@@ -291,6 +320,7 @@ def build_dataloader(
         seed=cfg.seed,
         num_replicas=world_size,
         rank=rank,
+        keyed=split == "train",  # per-item augmentation streams: exact resume, any number of workers
     )
     sampler.set_epoch(epoch)
     return DataLoader(

@@ -94,6 +94,9 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
     seed: with the epoch (``set_epoch``), seeds the shuffling; must be the same on every rank.
     num_replicas, rank: distributed training (world size, this process).
     drop_uneven: drop the last ``n_batches mod num_replicas`` batches instead of padding.
+    keyed: yield ``(epoch, index)`` pairs instead of indices, so that the dataset can draw each item's
+        augmentation from a generator of its own (:class:`~llama_avsr.data.dataset.AVDataset`): the same
+        for a given (seed, epoch, item) whatever the number of workers, and after a resume.
 
     Use as ``DataLoader(dataset, batch_sampler=...)``; with Lightning, set
     ``Trainer(use_distributed_sampler=False)`` since this sampler already splits by rank (Lightning
@@ -112,6 +115,7 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         drop_uneven: bool = False,
+        keyed: bool = False,
     ) -> None:
         if max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
@@ -128,6 +132,7 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.drop_uneven = drop_uneven
+        self.keyed = keyed
         self.epoch = 0
         self._offset = 0  # batches of the epoch's global list consumed before a resume (load_state_dict)
         self._yielded = 0  # this rank's batches handed out in the current pass
@@ -186,12 +191,13 @@ class FrameBudgetBatchSampler(Sampler[list[int]]):
         (validation leaves such batches out of its metrics)."""
         return j >= self._shard(self._offset)[1]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
         batches = self._shard(self._offset)[0]
         self._yielded = 0
+        epoch = self.epoch
         for b in batches:
             self._yielded += 1
-            yield b
+            yield [(epoch, i) for i in b] if self.keyed else b
         # the resumed epoch is complete: a next pass over it is a full one
         self._offset = 0
         self._yielded = 0

@@ -23,6 +23,7 @@ from llama_avsr.decoding.streams import blank_streams, check_streams
 from llama_avsr.evaluation import report
 from llama_avsr.evaluation.metrics import char_errors, word_errors
 from llama_avsr.evaluation.report import results_table, speaker_table  # noqa: F401  (re-exported)
+from llama_avsr.io import atomic_write_text, atomic_write_with, update_json
 from llama_avsr.models.avsr import AVSRModel
 
 log = logging.getLogger(__name__)
@@ -156,18 +157,21 @@ def evaluate(
         skipped_ids = speed.pop("skipped_ids")
         if skipped_ids:
             records = records + report.skipped_records(skipped_ids, report.references(d, split))
-        with (out / f"{label}_{snr_label(snr)}.jsonl").open("w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        atomic_write_text(
+            out / f"{label}_{snr_label(snr)}.jsonl", "".join(json.dumps(r) + "\n" for r in records)
+        )
         results[snr_label(snr)] = {**speed, **report.breakdown(records, seen, skipped_as_errors)}
     summary = {"label": label, "split": split, "modalities": model.cfg.modalities, "by_snr": results}
     if streams is not None:
         summary["streams"] = list(check_streams(streams, model.cfg.modalities))
-    all_file = out / "results.json"
-    merged = json.loads(all_file.read_text()) if all_file.is_file() else {}
-    merged[label] = summary
-    all_file.write_text(json.dumps(merged, indent=2))
-    plot_wer_vs_snr({k: v["by_snr"] for k, v in merged.items()}, out / "wer_vs_snr.png")
+    # merged under a lock: concurrent evaluations into one folder keep each other's results
+    update_json(
+        out / "results.json",
+        {label: summary},
+        then=lambda merged: plot_wer_vs_snr(
+            {k: v["by_snr"] for k, v in merged.items()}, out / "wer_vs_snr.png"
+        ),
+    )
     log.debug("\n%s", results_table({label: results}))  # the commands print it
     return summary
 
@@ -197,7 +201,7 @@ def plot_wer_vs_snr(by_label: dict[str, dict[str, dict[str, Any]]], path: str | 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write_with(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
 
 

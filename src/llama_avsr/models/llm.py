@@ -69,9 +69,15 @@ def load_llm(cfg: LLMConfig, vocab_size: int | None, meta: bool = False) -> nn.M
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
         from llama_avsr.hub import resolve
+        from llama_avsr.safe_load import check_pickled_weights
 
+        where = resolve(cfg.source, "llm")
+        if not isinstance(
+            where, str
+        ):  # a local folder: its pickles are checked before transformers reads them
+            check_pickled_weights(where)
         model = AutoModelForCausalLM.from_pretrained(
-            str(resolve(cfg.source, "llm")), dtype=dtype, attn_implementation=cfg.attn_implementation
+            str(where), dtype=dtype, attn_implementation=cfg.attn_implementation
         )
     if vocab_size is None:
         vocab_size = model.config.vocab_size + len(SPECIAL_TOKENS) + 1

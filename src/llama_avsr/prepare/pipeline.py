@@ -22,9 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import re
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -37,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from llama_avsr import media
+from llama_avsr.io import atomic_write_text, exclusive_lock
 from llama_avsr.prepare.detectors import Detector, build_detector
 from llama_avsr.prepare.roi import (
     CROP_SIZE,
@@ -391,17 +390,6 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one video per process already uses the cores; OpenCV's pool would oversubscribe
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _csv_line(dataset: str, r: ItemResult) -> str:
     return f"{dataset},{r.rel_path},{r.frames},{TOKEN_IDS_PLACEHOLDER},{r.text or ''}\n"
 
@@ -432,7 +420,36 @@ def prepare_corpus(
 
     ``options.jobs > 1`` starts worker processes with the ``spawn`` method (MediaPipe's and OpenCV's
     threads do not survive a fork), so a script calling this needs the ``if __name__ == "__main__":``
-    guard; the ``llama-avsr prepare`` command has it."""
+    guard; the ``llama-avsr prepare`` command has it.
+
+    The label CSV is merged with what an earlier run wrote there (:func:`merge_labels`) and replaced
+    atomically; the dataset folder is locked while the run lasts (a second writer is refused)."""
+    # one writer per prepared dataset: a second prepare into it is refused while this one runs (the
+    # label CSV is read, merged and replaced at the end; two at once would drop each other's items)
+    with exclusive_lock(options.out / options.dataset, f"a prepare of dataset {options.dataset!r}"):
+        return _prepare_corpus(inputs, options, root, progress)
+
+
+def merge_labels(csv: Path, redone: set[str], new: list[tuple[str, str]]) -> list[str]:
+    """The label lines after a run: the existing file's lines for items this run did not touch, kept
+    as they are, plus this run's (``(rel_path, line)``; items it tried and skipped leave the labels),
+    sorted by path. Earlier runs' items are never dropped."""
+    merged: dict[str, str] = {}
+    if csv.is_file():
+        for line in csv.read_text(encoding="utf-8").splitlines():
+            fields = line.split(",", 4)
+            if len(fields) == 5 and fields[1] not in redone:
+                merged[fields[1]] = line + "\n"
+    merged.update(dict(new))
+    return [merged[k] for k in sorted(merged)]
+
+
+def _prepare_corpus(
+    inputs: Sequence[str | Path] | Sequence[Job],
+    options: PrepareOptions,
+    root: str | Path | None,
+    progress: bool,
+) -> PrepareReport:
     t0 = time.perf_counter()
     if inputs and all(isinstance(i, Job) for i in inputs):
         jobs: list[Job] = list(inputs)  # type: ignore[arg-type]
@@ -470,9 +487,14 @@ def prepare_corpus(
     order = {j.rel_path: i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[r.rel_path])
     report = PrepareReport(results, str(options.csv_path), str(options.report_path))
-    ok = sorted((r for r in results if r.status in ("done", "exists")), key=lambda r: r.rel_path)
-    _atomic_write_text(options.csv_path, "".join(_csv_line(options.dataset, r) for r in ok))
+    ok = [r for r in results if r.status in ("done", "exists")]
+    lines = merge_labels(
+        options.csv_path,
+        {j.rel_path for j in jobs},
+        [(r.rel_path, _csv_line(options.dataset, r)) for r in ok],
+    )
+    atomic_write_text(options.csv_path, "".join(lines))
     report.elapsed = time.perf_counter() - t0
-    _atomic_write_text(options.report_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write_text(options.report_path, json.dumps(report.to_dict(), indent=2) + "\n")
     _log_report(report)
     return report

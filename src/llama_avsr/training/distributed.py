@@ -28,6 +28,7 @@ from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
+from llama_avsr import safe_load
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.models.llm import base_causal_lm
 from llama_avsr.training.config import TrainConfig
@@ -286,7 +287,7 @@ class TrainableFSDPStrategy(FSDPStrategy):
                         optim_state_dict=optim_state[key], model=self.model, optim=optim
                     )
                     optim.load_state_dict(flat)
-        return torch.load(path / FSDP_METADATA, weights_only=weights_only)
+        return safe_load.load(path / FSDP_METADATA, mmap=False)  # weights only, whatever Lightning passes
 
     def _load_file_checkpoint(self, path: Path) -> dict[str, Any]:
         """A checkpoint written without FSDP (ddp, one device): Lightning's own loader would number the
@@ -296,7 +297,7 @@ class TrainableFSDPStrategy(FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         assert self.model is not None and self.lightning_module is not None
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = safe_load.load(path, mmap=False)
         fitting = self.lightning_module.trainer.state.fn == TrainerFn.FITTING
         with FSDP.state_dict_type(
             self.model,
@@ -358,7 +359,7 @@ def read_trainable_state(path: str | Path, keys: Iterable[str] | None = None) ->
             str(path), tag=DEEPSPEED_TAG, exclude_frozen_parameters=True
         )
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        state = safe_load.load(path)["state_dict"]
     state = {clean_name(k): v for k, v in state.items()}
     if keys is not None:
         keep = set(keys)
@@ -398,7 +399,7 @@ def consolidate_checkpoint(path: str | Path) -> dict[str, Any]:
     _load_state_dict(
         loaded, storage_reader=FileSystemReader(str(path)), planner=_EmptyStateDictLoadPlanner(), no_dist=True
     )
-    checkpoint = torch.load(path / FSDP_METADATA, map_location="cpu", weights_only=True)
+    checkpoint = safe_load.load(path / FSDP_METADATA, mmap=False)
     checkpoint["state_dict"] = {clean_name(k): v for k, v in loaded["model"].items()}
     optimizers = sorted((k for k in loaded if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
     checkpoint["optimizer_states"] = [optimizer_state_by_index(loaded[k]) for k in optimizers]

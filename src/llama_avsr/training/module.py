@@ -22,11 +22,13 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -54,6 +56,36 @@ def cosine(progress: float, min_ratio: float) -> float:
     """1 → ``min_ratio`` as progress goes 0 → 1 (clamped)."""
     progress = min(1.0, max(0.0, progress))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def rng_states() -> dict[str, Any]:
+    """The global random generators of this process (torch CPU and CUDA, numpy, Python), as tensors and
+    plain values so that a weights-only load reads them back. Augmentation and batch order have their
+    own generators, derived from (seed, epoch, item) (``data/dataset.py``, ``data/sampler.py``)."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` captured (CUDA states only when the device count matches)."""
+    torch.set_rng_state(states["torch"].cpu())
+    cuda = states.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([c.cpu() for c in cuda])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 class TrainingClock:
@@ -151,6 +183,7 @@ class AVSRLightning(L.LightningModule):
         self.trainable_keys = trainable_keys(self.model)
         self._matrices = {n for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2}
         self.sampler_state: dict[str, int] | None = None
+        self._rng_restore: dict[str, Any] | None = None  # from a checkpoint, applied as training starts
         self.clock = TrainingClock()
         self._rank_steps = 0  # batches this rank ran in the current epoch (Lightning's count)
         self._global_done = 0  # batches of the epoch's global list consumed by all ranks together
@@ -314,6 +347,9 @@ class AVSRLightning(L.LightningModule):
         }
 
     def on_train_start(self) -> None:
+        if self._rng_restore is not None:  # a resumed run draws on as the interrupted one would have
+            set_rng_states(self._rng_restore)
+            self._rng_restore = None
         self.clock.seconds()  # starts the training clock (time-based schedule)
         self._restore_position()  # a mid-epoch resume gets no on_train_epoch_start
 
@@ -334,9 +370,11 @@ class AVSRLightning(L.LightningModule):
         checkpoint["sampler"] = self.position()
         checkpoint["train_seconds"] = self.clock.seconds()
         checkpoint["val_history"] = [list(h) for h in self.val_history]
+        checkpoint["rng"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.sampler_state = checkpoint.get("sampler")
+        self._rng_restore = checkpoint.get("rng")
         self.clock.before = float(checkpoint.get("train_seconds", 0.0))
         self.val_history = [(int(step), float(wer)) for step, wer in checkpoint.get("val_history", [])]
         if "state_dict" not in checkpoint:  # sharded checkpoints: the strategy loads the weights

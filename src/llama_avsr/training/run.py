@@ -9,22 +9,32 @@ trainable weights only, plus the references to the base models in the config.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import json
+import inspect
+import io
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
+from llama_avsr import safe_load
+from llama_avsr.data.dataset import load_split
 from llama_avsr.devices import resolve_precision
+from llama_avsr.errors import UserError
+from llama_avsr.io import atomic_write_json, atomic_write_with, exclusive_lock
 from llama_avsr.logs import tidy_library_loggers
 from llama_avsr.model_dir import save_model_dir
 from llama_avsr.models.avsr import AVSRModel
@@ -35,6 +45,7 @@ from llama_avsr.training.distributed import (
     build_strategy,
     clean_name,
     consolidate_checkpoint,
+    global_rank,
     is_global_zero,
     read_trainable_state,
     set_rank,
@@ -45,6 +56,66 @@ log = logging.getLogger(__name__)
 tidy_library_loggers()  # Lightning's import attached its own handler: one line per record, not two
 
 
+#: what a training run writes into its folder (``--overwrite`` removes these, and nothing else)
+RUN_OUTPUTS: tuple[str, ...] = (
+    "checkpoints",
+    "logs",
+    "model",
+    "eval",
+    "experiment.json",
+    "ctc_warmup.json",
+)
+
+
+class _KeptRowsWriter(ExperimentWriter):
+    """Lightning's CSV writer, which deletes an existing ``metrics.csv`` when it starts, made to keep
+    its rows instead: a resumed run replaces only the rows from its first logged step on (those the
+    interrupted run logged after its checkpoint, logged again now), so the file reads as one run."""
+
+    def _check_log_dir_exists(self) -> None:
+        self._merge_pending = Path(self.metrics_file_path).is_file()
+
+    def save(self) -> None:
+        if self.metrics and getattr(self, "_merge_pending", False):
+            self._merge_pending = False
+            self._keep_rows_before(min(int(m["step"]) for m in self.metrics))
+        super().save()
+
+    def _keep_rows_before(self, step: int) -> None:
+        path = Path(self.metrics_file_path)
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("step") not in (None, "") and int(r["step"]) < step]
+
+        def write(f: Any) -> None:
+            text = io.TextIOWrapper(f, newline="", encoding="utf-8")
+            w = csv.DictWriter(text, fieldnames=header)
+            w.writeheader()
+            w.writerows(rows)
+            text.flush()
+            text.detach()
+
+        atomic_write_with(path, write)
+        self.metrics_keys = header  # new keys rewrite the header, keeping these rows
+
+
+class _CSVLogger(CSVLogger):
+    """CSV metrics that survive a kill and a resume: written out with every checkpoint, and the rows
+    of the interrupted run kept when it resumes (see above)."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeptRowsWriter(self.log_dir)
+        return self._experiment
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        # the rows up to a checkpoint reach the disk with it: a run killed later loses none of them
+        self.save()
+
+
 def _loggers(exp: ExperimentConfig, out: Path) -> list[Any]:
     from lightning.pytorch import loggers as pl_loggers
 
@@ -53,7 +124,7 @@ def _loggers(exp: ExperimentConfig, out: Path) -> list[Any]:
         if name == "tensorboard":
             made.append(pl_loggers.TensorBoardLogger(out / "logs", name="tensorboard", version=""))
         elif name == "csv":
-            made.append(pl_loggers.CSVLogger(out / "logs", name="csv", version=""))
+            made.append(_CSVLogger(out / "logs", name="csv", version=""))
         elif name == "wandb":
             made.append(pl_loggers.WandbLogger(save_dir=str(out / "logs"), project="llama-avsr"))
     return made
@@ -85,15 +156,27 @@ class _Checkpoints(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
 
 
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files written atomically (a temporary file beside the target, synced, renamed over
+    it: a killed run leaves complete checkpoints only) and read back through ``llama_avsr.safe_load``
+    (weights only, whatever Lightning asks for)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        atomic_write_with(path, lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> Any:
+        return safe_load.load(path, mmap=False)
+
+
 class _WriteExperiment(Callback):
-    """Writes ``experiment.json`` once the ranks are known, from rank 0 only."""
+    """Writes ``experiment.json`` (atomically) once the ranks are known, from rank 0 only."""
 
     def __init__(self, exp: ExperimentConfig, path: Path) -> None:
         self.exp, self.path = exp, path
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero:
-            self.path.write_text(json.dumps(self.exp.to_dict(), indent=2))
+            atomic_write_json(self.path, self.exp.to_dict())
 
 
 def average_checkpoints(paths: list[Path], keys: set[str] | None = None) -> dict[str, torch.Tensor]:
@@ -122,6 +205,46 @@ def average_checkpoints(paths: list[Path], keys: set[str] | None = None) -> dict
         k.removeprefix("model."): (v / len(paths)).to(last[k].dtype) if last[k].is_floating_point() else v
         for k, v in acc.items()
     }
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint file holds, read without loading its tensors (memory-mapped).
+    Raises :class:`~llama_avsr.safe_load.CheckpointReadError` for a truncated or unreadable file."""
+    checkpoint = safe_load.load(path, mmap=True)
+    if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
+        raise safe_load.CheckpointReadError(f"{path}: not a training checkpoint (no global_step)")
+    return int(checkpoint["global_step"])
+
+
+def find_resume_checkpoint(ckpt_dir: Path) -> tuple[Path, int] | None:
+    """The newest complete checkpoint of a run folder: the highest recorded step among ``last.ckpt``
+    and the ``*step=N.ckpt`` files that read back whole (``last.ckpt`` on a tie: it is written last).
+
+    A file that does not read (truncated, corrupt) is skipped with a one-line warning naming it and
+    the one used instead. A sharded ``last.ckpt`` directory (FSDP, DeepSpeed) is returned as is, with
+    step -1 (its step is known once the strategy loads it). ``None`` when there is nothing to resume.
+    """
+    last = ckpt_dir / "last.ckpt"
+    if last.is_dir():
+        return last, -1
+    candidates = sorted(
+        (p for p in ckpt_dir.glob("*.ckpt") if p.is_file()),
+        key=lambda p: (p.name != "last.ckpt", p.name),
+    )
+    best: tuple[Path, int] | None = None
+    broken: list[str] = []
+    for p in candidates:
+        try:
+            step = checkpoint_step(p)
+        except safe_load.CheckpointReadError as e:
+            broken.append(str(e))
+            continue
+        if best is None or step > best[1]:
+            best = (p, step)
+    for reason in broken:
+        fallback = f"resuming from {best[0].name} (step {best[1]}) instead" if best else "no other checkpoint"
+        log.warning("skipping an unreadable checkpoint: %s; %s", reason, fallback)
+    return best
 
 
 def checkpoints_in_order(ckpt_dir: Path) -> list[Path]:
@@ -188,14 +311,72 @@ def _ctc_warmup(module: AVSRLightning, exp: ExperimentConfig, out: Path) -> None
     finally:
         module.model.to(home)
     if is_global_zero():
-        (out / "ctc_warmup.json").write_text(json.dumps(dataclasses.asdict(report), indent=2))
+        atomic_write_json(out / "ctc_warmup.json", dataclasses.asdict(report))
 
 
-def train(exp: ExperimentConfig, resume: bool = False) -> Path:
-    """Fit and write ``<out_dir>/model``. ``resume`` continues from ``checkpoints/last.ckpt``."""
+def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; ``overwrite`` clears the previous run's outputs.
+
+    A folder that already holds a run's outputs (:data:`RUN_OUTPUTS`) is refused unless ``resume``
+    (continue it) or ``overwrite`` (replace it). ``overwrite`` moves exactly those entries into a hidden
+    folder and deletes that: other files in the folder stay, and a crash part-way leaves either the old
+    entry or nothing, never a mix.
+    """
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if not existing:
+        return
+    if overwrite:
+        trash = Path(tempfile.mkdtemp(prefix=".overwritten-", dir=out))
+        for name in existing:
+            os.replace(out / name, trash / name)
+        shutil.rmtree(trash)
+        log.warning("--overwrite: removed the previous run in %s (%s)", out, ", ".join(existing))
+    elif not resume:
+        raise UserError(
+            f"{out} already holds a training run ({', '.join(existing)}): pass --resume to continue it "
+            "or --overwrite to replace it"
+        )
+
+
+def train(
+    exp: ExperimentConfig,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> Path:
+    """Fit and write ``<out_dir>/model``.
+
+    resume: continue from the newest complete checkpoint in ``<out_dir>/checkpoints`` (logged), with
+        the optimiser, schedule, data position and random generators as they were: the run ends as an
+        uninterrupted one would. Nothing to resume in a fresh folder: it starts from scratch.
+    overwrite: replace a previous run in ``out_dir`` (:func:`prepare_run_folder`); without either flag a
+        folder holding a run is refused.
+    callbacks: extra Lightning callbacks.
+
+    Rank 0 holds an OS lock on the folder for the whole run: a second ``train`` into it is refused.
+    """
+    out = Path(exp.train.out_dir)
+    if global_rank() != 0:  # launched by rank 0, which checked and locked the folder
+        return _train(exp, resume, callbacks)
+    with exclusive_lock(out, "a training run"):
+        prepare_run_folder(out, resume, overwrite)
+        return _train(exp, resume, callbacks)
+
+
+def _train(exp: ExperimentConfig, resume: bool, callbacks: Sequence[Callback]) -> Path:
     t = exp.train
     out = Path(t.out_dir)
+    # label files are checked before anything is written: a wrong path costs no half-made run folder
+    load_split(exp.data, "train")
+    if exp.data.val_csv:
+        load_split(exp.data, "val")
     out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
+    found = find_resume_checkpoint(ckpt_dir) if resume else None
+    if resume and found is None:  # e.g. killed before its first checkpoint: nothing was saved to continue
+        log.warning("--resume: no complete checkpoint in %s yet, starting from scratch", ckpt_dir)
     L.seed_everything(t.seed, workers=True, verbose=False)
 
     module = AVSRLightning(exp)
@@ -204,7 +385,6 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
     strategy = build_strategy(t, module.model, precision)
     # the live model is sharded (FSDP, DeepSpeed): the model directory is written from a plain copy
     sharded = not isinstance(strategy, str)
-    ckpt_dir = out / "checkpoints"
     checkpoint = _Checkpoints(
         dirpath=ckpt_dir,
         filename="{epoch}-step={step}",
@@ -253,7 +433,9 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
             *([best] if best is not None else []),
             TQDMProgressBar(refresh_rate=1),
             _WriteExperiment(exp, out / "experiment.json"),
+            *callbacks,
         ],
+        plugins=[_AtomicCheckpointIO()],
         log_every_n_steps=t.log_every_steps,
         # Lightning counts training batches here, not optimiser steps
         val_check_interval=t.val_every_steps * t.accumulate_grad_batches or None,
@@ -264,23 +446,25 @@ def train(exp: ExperimentConfig, resume: bool = False) -> Path:
     )
     ckpt_path = None
     scratch = None
-    if resume:
-        last = ckpt_dir / "last.ckpt"
-        if last.exists():  # a file, or a directory of shards
-            ckpt_path = str(last)
-            log.info("resuming from %s", last)
-            if (last / FSDP_METADATA).is_file() and not isinstance(strategy, TrainableFSDPStrategy):
-                # an FSDP run resumed without FSDP (one process, ddp): consolidate its shards
-                scratch = Path(tempfile.mkdtemp(prefix="llama-avsr-resume-"))
-                ckpt_path = str(scratch / "last.ckpt")
-                torch.save(consolidate_checkpoint(last), ckpt_path)
-        else:
-            log.warning("--resume: no %s yet, starting from scratch", last)
+    if found is not None:
+        last = found[0]
+        ckpt_path = str(last)
+        step = f" (step {found[1]})" if found[1] >= 0 else ""
+        log.warning("resuming from %s%s", last, step)
+        if (last / FSDP_METADATA).is_file() and not isinstance(strategy, TrainableFSDPStrategy):
+            # an FSDP run resumed without FSDP (one process, ddp): consolidate its shards
+            scratch = Path(tempfile.mkdtemp(prefix="llama-avsr-resume-"))
+            ckpt_path = str(scratch / "last.ckpt")
+            torch.save(consolidate_checkpoint(last), ckpt_path)
     if ckpt_path is None and t.ctc_warmup:
         _ctc_warmup(module, exp, out)
     start = time.time()
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        # weights only, explicitly (older Lightning has no such argument: the checkpoint IO above is)
+        weights_only = (
+            {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+        )
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, **weights_only)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

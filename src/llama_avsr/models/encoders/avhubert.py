@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import pickle
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llama_avsr import safe_load
 from llama_avsr.config import EncoderConfig, find_arch, torch_dtype
+from llama_avsr.errors import UserError
 from llama_avsr.models.encoders.avhubert_features import SAMPLES_PER_FRAME, avhubert_audio_features
 from llama_avsr.models.encoders.base import ENCODERS, Encoder, parse_options
 
@@ -50,7 +51,7 @@ LORA_REDUCTION = 16  # bottleneck = round(D / 16)  [reference]
 LORA_SCALE = 2.0  # [reference]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file that is not a loadable AV-HuBERT fairseq checkpoint; the message names the file and why."""
 
 
@@ -713,55 +714,9 @@ def torch_load_restricted(path: str | Path) -> Any:
 
     Returns the raw object (stand-ins left in place; see :func:`to_plain`). Raises :class:`CheckpointError`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    allowed = dict(SAFE_GLOBALS)
-    is_zip = zipfile.is_zipfile(path)
-    if is_zip:
-        try:
-            for name in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)):
-                if name not in allowed and name.startswith(_TYPE_REF_MODULES):
-                    allowed[name] = TypeRef(name)
-        except Exception:  # torch.load below reports a broken file properly
-            pass
-    try:
-        with torch.serialization.safe_globals([(obj, name) for name, obj in allowed.items()]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except pickle.UnpicklingError as e:
-        detail = _weights_only_detail(str(e))
-        if detail is None or "Unsupported operand" in detail:
-            raise CheckpointError(
-                f"{path}: cannot read as a torch checkpoint (corrupt or another format): {detail or _first_sentence(e)}"
-            ) from e
-        raise CheckpointError(
-            f"{path}: refusing to unpickle: it needs Python objects outside the fairseq checkpoint allowlist "
-            f"({_first_sentence(detail)})"
-        ) from e
-    except Exception as e:
-        raise CheckpointError(
-            f"{path}: cannot read as a torch checkpoint (truncated, corrupt or another format): {_first_sentence(e)}"
-        ) from e
-
-
-def _weights_only_detail(message: str) -> str | None:
-    """The specific reason inside torch's long "Weights only load failed" message, if it is one."""
-    if "Weights only load failed" not in message:
-        return None
-    if "WeightsUnpickler error:" in message:
-        rest = message.split("WeightsUnpickler error:", 1)[1]
-    else:
-        rest = message.split("\n\n", 1)[1] if "\n\n" in message else ""
-    rest = rest.split("Check the documentation of torch.load")[0]
-    return " ".join(rest.split()) or None
-
-
-def _first_sentence(err: BaseException | str) -> str:
-    text = str(err).strip()
-    text = text.split(". ")[0].strip().rstrip(".") if text else ""
-    if isinstance(err, BaseException):
-        return f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text
+    return safe_load.load(
+        path, allow=SAFE_GLOBALS, type_ref=TypeRef, type_ref_modules=_TYPE_REF_MODULES, error=CheckpointError
+    )
 
 
 def to_plain(obj: Any) -> Any:

@@ -17,6 +17,7 @@ device with the same filters and normalisation as ``WhisperFeatureExtractor``.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhi
 
 from llama_avsr.config import EncoderConfig, find_arch, torch_dtype
 from llama_avsr.models.encoders.base import ENCODERS, Encoder, layer_norm_waveform, parse_options
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -88,6 +91,7 @@ class WhisperEncoder(Encoder):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n = lengths["audio"]
         wav = layer_norm_waveform(inputs["audio"], n)
+        self._warn_if_cut(n)
         out_len = self.output_lengths(n)
         if self.options.pad_to_30s:
             wav = F.pad(wav, (0, max(0, CHUNK_SECONDS * SAMPLE_RATE - wav.shape[1])))
@@ -104,6 +108,21 @@ class WhisperEncoder(Encoder):
             mel[i, :, : 2 * frames] = self.log_mel(w, n[i : i + 1])[0]
         valid = torch.arange(t_max, device=wav.device)[None] < out_len[:, None]  # (B, T)
         return self._encode(mel, attention_mask=valid), out_len
+
+    def _warn_if_cut(self, n: torch.Tensor) -> None:
+        """Whisper has positions for ``max_source_positions`` frames (30 s): longer audio is cut, and
+        that must never happen silently."""
+        limit = self.max_frames * SAMPLES_PER_FRAME
+        over = n > limit
+        if bool(over.any()):
+            log.warning(
+                "Whisper encodes at most %.1f s of audio: %d input(s) of up to %.1f s are cut to their first "
+                "%.1f s, the rest is not transcribed (split long recordings into segments first)",
+                limit / SAMPLE_RATE,
+                int(over.sum()),
+                float(n.max()) / SAMPLE_RATE,
+                limit / SAMPLE_RATE,
+            )
 
     def _encode(self, mel: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """The HF encoder's computation on any number of frames (HF insists on exactly 30 s).
@@ -132,8 +151,11 @@ def load_whisper_encoder(source: str | None, arch: str | None, dtype: torch.dtyp
         config = WhisperConfig(**json.loads(find_arch(arch).read_text()))
         return HFWhisperEncoder(config).to(dtype)
     from llama_avsr.hub import resolve
+    from llama_avsr.safe_load import check_pickled_weights
 
     path = resolve(source, "whisper")
+    if not isinstance(path, str):  # a local folder: refuse a pickle that asks for code, naming the file
+        check_pickled_weights(path)
     return WhisperModel.from_pretrained(str(path), dtype=dtype).get_encoder()
 
 
