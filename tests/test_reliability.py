@@ -33,12 +33,13 @@ class _Evil:
         return (os.getcwd, ())
 
 
-def _one_line_error(caplog: pytest.LogCaptureFixture) -> str:
-    errors = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1, [r.getMessage() for r in errors]
-    message = errors[0].getMessage()
-    assert "\n" not in message and errors[0].exc_info is None and "Traceback" not in message
-    return message
+def _one_line_error(capsys: pytest.CaptureFixture) -> str:
+    """The one line ``llama-avsr COMMAND: message`` a user error prints on stderr (no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("llama-avsr ")]
+    assert len(lines) == 1, err[-3000:]
+    assert "Traceback" not in err
+    return lines[0]
 
 
 class _SecondWriter:
@@ -66,13 +67,13 @@ def _train_args(out: Path, *extra: str) -> list[str]:
 # -- run folders: refusal, --overwrite, lock ------------------------------------------------------------
 
 
-def test_train_into_an_existing_run_folder_without_resume_is_refused(tmp_path, caplog):
+def test_train_into_an_existing_run_folder_without_resume_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "0-step=4.ckpt").write_bytes(b"old run")
     (out / "experiment.json").write_text("{}")
     assert main(_train_args(out)) == 2
-    message = _one_line_error(caplog)
+    message = _one_line_error(capsys)
     assert str(out) in message and "--resume" in message and "--overwrite" in message
     assert (out / "checkpoints" / "0-step=4.ckpt").read_bytes() == b"old run"  # nothing touched
 
@@ -91,13 +92,13 @@ def test_overwrite_removes_only_the_previous_runs_outputs(tmp_path):
 
 
 def test_second_train_into_a_locked_run_folder_is_refused_and_a_killed_holder_leaves_no_stale_lock(
-    tmp_path, caplog
+    tmp_path, capsys
 ):
     out = tmp_path / "run"
     holder = _SecondWriter(out)
     try:
         assert main(_train_args(out, "train.max_steps=1", "data.root=/nonexistent")) == 2
-        message = _one_line_error(caplog)
+        message = _one_line_error(capsys)
         assert str(out) in message and "already writing" in message
     finally:
         holder.kill()  # SIGKILL: the kernel drops its lock
@@ -105,23 +106,22 @@ def test_second_train_into_a_locked_run_folder_is_refused_and_a_killed_holder_le
         pass
 
 
-def test_train_max_steps_zero_is_refused(tmp_path, caplog):
+def test_train_max_steps_zero_is_refused(tmp_path, capsys):
     assert main(_train_args(tmp_path / "run", "train.max_steps=0")) == 2
-    assert "train.max_steps=0 trains nothing" in _one_line_error(caplog)
+    assert "train.max_steps=0 trains nothing" in _one_line_error(capsys)
     assert not (tmp_path / "run").exists()
 
 
-def test_empty_or_missing_label_csv_is_a_one_line_error(tmp_path, caplog):
+def test_empty_or_missing_label_csv_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "empty.csv").write_text("")
     for csv_name, expected in (
         ("missing.csv", "label file not found"),
         ("empty.csv", "no usable utterances"),
     ):
-        caplog.clear()
         out = tmp_path / f"run-{csv_name}"
         rc = main(_train_args(out, f"data.root={tmp_path}", f"data.train_csv={tmp_path / csv_name}"))
         assert rc == 2
-        message = _one_line_error(caplog)
+        message = _one_line_error(capsys)
         assert csv_name in message and expected in message
         assert not (out / "experiment.json").exists()  # refused before anything was written
 
@@ -148,7 +148,7 @@ def test_resuming_keeps_the_csv_metric_rows_logged_before_the_resume_point(tmp_p
 # -- model directories -----------------------------------------------------------------------------------
 
 
-def test_run_folder_passed_as_model_is_refused_locally_not_taken_for_a_hub_id(tmp_path, monkeypatch, caplog):
+def test_run_folder_passed_as_model_is_refused_locally_not_taken_for_a_hub_id(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
     def no_hub(*a, **k):
@@ -159,7 +159,7 @@ def test_run_folder_passed_as_model_is_refused_locally_not_taken_for_a_hub_id(tm
     (tmp_path / "runs" / "exp" / "model").mkdir(parents=True)
     (tmp_path / "runs" / "exp" / "model" / "config.json").write_text("{}")
     assert main(["eval", "--model", "runs/exp"]) == 2  # spelled like a hub id owner/name
-    message = _one_line_error(caplog)
+    message = _one_line_error(capsys)
     assert "runs/exp: a training run folder" in message and "runs/exp/model" in message
 
 
@@ -309,13 +309,12 @@ def test_beams_0_and_snr_abc_are_one_line_errors(argv, expected, capsys):
     assert expected in err and "Traceback" not in err
 
 
-def test_user_errors_print_one_line_and_the_traceback_only_with_v(tmp_path, caplog):
+def test_user_errors_print_one_line_and_the_traceback_only_with_v(tmp_path, capsys, caplog):
     assert main(["eval", "--model", str(tmp_path / "nowhere")]) == 2
-    assert "nowhere: no such model directory" in _one_line_error(caplog)
-    caplog.clear()
+    assert "nowhere: no such model directory" in _one_line_error(capsys)
+    assert not [r for r in caplog.records if r.exc_info]
     assert main(["-v", "eval", "--model", str(tmp_path / "nowhere")]) == 2
-    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert record.exc_info is not None  # -v: the traceback is logged
+    assert [r for r in caplog.records if r.exc_info]  # -v: the traceback is logged
 
 
 # -- Whisper's 30 s window -----------------------------------------------------------------------------------
