@@ -145,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_split_files(args: argparse.Namespace, options) -> None:
+    from llama_avsr.io import atomic_write_text
     from llama_avsr.media import VIDEO_FPS
     from llama_avsr.prepare import splits
-    from llama_avsr.prepare.pipeline import _atomic_write_text
 
     csv = options.csv_path
     rel = [
@@ -166,5 +166,5 @@ def write_split_files(args: argparse.Namespace, options) -> None:
             ) from None
         assign = splits.by_ratio(rel, ratios, args.split_seed)  # type: ignore[arg-type]
     max_frames = None if args.max_seconds is None else int(args.max_seconds * VIDEO_FPS)
-    report = splits.write_splits(csv, assign, max_frames=max_frames, write=_atomic_write_text)
+    report = splits.write_splits(csv, assign, max_frames=max_frames, write=atomic_write_text)
     print(f"{report.summary()} ({', '.join(report.files.values())})")  # noqa: T201
