@@ -355,10 +355,13 @@ def test_cli_runs_a_process_pool(videos: dict, tmp_path) -> None:
         "-j",
         "2",
     ]
-    assert main([*args, "--no-progress"]) == 0
+    assert main([*args, "--no-progress", "--split-ratio", "1,0,0"]) == 0
     assert (out / "d" / "good.mp4").is_file()
     js = json.loads((out / "labels" / "d.prepare.json").read_text())
     assert js["counts"] == {"done": 1, "exists": 0, "skipped": 1}
+    # the split files are written beside the label CSV (the only speaker goes to train)
+    train_csv = (out / "labels" / "d_train.csv").read_text().splitlines()
+    assert len(train_csv) == 1 and train_csv[0].split(",")[1].endswith("good.mp4")
     # --fail-fast: stops with exit status 1 (in one process, to keep the test short)
     assert main([*args[:-2], "--no-progress", "--fail-fast", "--overwrite"]) == 1
 

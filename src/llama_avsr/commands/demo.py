@@ -217,7 +217,8 @@ def comparison_table(summaries: dict[str, dict[str, dict[str, Any]]]) -> str:
         return ""
     ref_name = "ASR" if ref == "asr" else "AVSR, video blanked"
     vsr = summaries.get("vsr", {}).get("clean")
-    head = f"{'SNR dB':>7} {ref_name + ' WER %':>26} {'AVSR WER %':>11} {'AVSR/' + ref_name.split(',')[0] + ' ratio':>18}"
+    ratio_name = "AVSR/ASR ratio" if ref == "asr" else "AVSR/blanked ratio"
+    head = f"{'SNR dB':>7} {ref_name + ' WER %':>26} {'AVSR WER %':>11} {ratio_name:>18}"
     head += f" {'VSR WER %':>10}" if vsr else ""
     lines = [head, "-" * len(head)]
     for snr, r in summaries["avsr"].items():
