@@ -56,11 +56,10 @@ def load(
                     allowed[name] = type_ref(name)
         except Exception:  # torch.load below reports a broken file properly
             pass
+    use_mmap = is_zip if mmap is None else mmap and is_zip
     try:
         with torch.serialization.safe_globals([(obj, name) for name, obj in allowed.items()]):
-            return torch.load(
-                path, map_location="cpu", weights_only=True, mmap=is_zip if mmap is None else mmap and is_zip
-            )
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
     except pickle.UnpicklingError as e:
         raise error(describe_refusal(path, e)) from e
     except Exception as e:  # zip / storage errors of truncated or foreign files
