@@ -67,3 +67,16 @@ def resolve_precision(requested: str, device_type: str | None = None) -> str:
             "train.precision=auto would pick 32-true here"
         )
     return requested
+
+
+def resolve_device(device=None):
+    """``auto`` (or ``None``): CUDA when present, then Apple's MPS, else the CPU; any other name
+    (``cpu``, ``cuda:1``) or ``torch.device`` as it is. The one place every command and the API ask."""
+    import torch
+
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    return torch.device(device)

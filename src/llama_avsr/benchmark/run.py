@@ -31,7 +31,7 @@ from llama_avsr.benchmark.measure import (
 from llama_avsr.data.batch import PAD_LABEL, Batch
 from llama_avsr.data.collate import Collator
 from llama_avsr.decoding.search import generate
-from llama_avsr.devices import resolve_precision
+from llama_avsr.devices import resolve_device, resolve_precision
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.models.feature_cache import FeatureCache
 from llama_avsr.models.llm import base_causal_lm
@@ -52,12 +52,6 @@ FLOPS_NOTE = (
     "score FLOPs are left out. With the base LLM frozen the backward pass skips weight gradients, so the "
     "work actually done is nearer 4·P·T: the train figure overstates by up to 1.5×."
 )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Bench:

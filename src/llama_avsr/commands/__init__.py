@@ -5,13 +5,9 @@ from __future__ import annotations
 
 def resolve_device(name: str) -> str:
     """``auto`` → ``cuda`` when a GPU is visible, else ``mps`` on Apple silicon, else ``cpu``; any other
-    name (``cpu``, ``cuda:1``) is returned as it is."""
+    name (``cpu``, ``cuda:1``) is returned as it is (see :func:`llama_avsr.devices.resolve_device`)."""
     if name != "auto":
         return name
-    import torch
+    from llama_avsr.devices import resolve_device as resolve
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return str(resolve(name))

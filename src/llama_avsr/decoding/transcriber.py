@@ -37,6 +37,7 @@ from llama_avsr.decoding.options import DecodingOptions
 from llama_avsr.decoding.search import Hypothesis, decode
 from llama_avsr.decoding.segment import FRAME, plan_segments, quietest_between
 from llama_avsr.decoding.streams import blank_streams, check_streams
+from llama_avsr.devices import resolve_device
 from llama_avsr.experiment import ExperimentConfig
 from llama_avsr.media import SAMPLE_RATE, VIDEO_FPS
 from llama_avsr.models.avsr import AVSRModel
@@ -77,16 +78,6 @@ class Result:
             "segments": [dataclasses.asdict(s) for s in self.segments],
             **({"warnings": self.warnings} if self.warnings else {}),
         }
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (or ``None``): CUDA when present, then Apple's MPS, else the CPU."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_model(
