@@ -240,7 +240,7 @@ def test_resolve_device():
 
 def test_lightning_lines_reach_one_handler():
     """Lightning's package attaches a stream handler at import; after setup every record has one."""
-    from llama_avsr.logs import setup_logging, tidy_library_loggers
+    from llama_avsr.logs import _StderrHandler, setup_logging, tidy_library_loggers
 
     setup_logging(1)
     import lightning  # noqa: F401
@@ -250,9 +250,29 @@ def test_lightning_lines_reach_one_handler():
     lg = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     handlers = []
     while lg is not None:
-        handlers += [h for h in lg.handlers if type(h) is logging.StreamHandler]  # not pytest's capture
+        handlers += [h for h in lg.handlers if type(h) in (logging.StreamHandler, _StderrHandler)]  # not pytest's
         lg = lg.parent if lg.propagate else None
     assert len(handlers) == 1
+
+
+def test_log_records_follow_a_replaced_stderr_and_survive_a_closed_one(monkeypatch):
+    """A harness (pytest, a notebook) swaps sys.stderr and closes the old one: records go to the
+    current stderr, and nothing fails with "I/O operation on closed file" (CI saw that before)."""
+    import io
+
+    from llama_avsr.logs import setup_logging
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging(0)
+    errors: list[BaseException] = []
+    monkeypatch.setattr(logging.Handler, "handleError", lambda self, record: errors.append(sys.exc_info()[1]))
+    logging.getLogger("llama_avsr.test").warning("one")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("llama_avsr.test").warning("two")
+    assert not errors, errors
+    assert "two" in second.getvalue()
 
 
 def test_native_stderr_lines_are_filtered_and_the_rest_passes():

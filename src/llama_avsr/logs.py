@@ -41,7 +41,7 @@ def setup_logging(verbosity: int = 0) -> None:
         pass
     root = logging.getLogger()
     if not any(getattr(h, "_llama_avsr", False) for h in root.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(FORMAT))
         handler._llama_avsr = True  # type: ignore[attr-defined]
         root.addHandler(handler)
@@ -52,6 +52,20 @@ def setup_logging(verbosity: int = 0) -> None:
 
 
 _verbosity: int | None = None
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted, not to the
+    stream that was current when logging was set up (a test harness or an embedding application may
+    swap and close it; the records must then follow, not fail with "I/O operation on closed file")."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property ignores that
+        pass
 
 
 def tidy_library_loggers() -> None:
