@@ -250,7 +250,9 @@ def test_lightning_lines_reach_one_handler():
     lg = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     handlers = []
     while lg is not None:
-        handlers += [h for h in lg.handlers if type(h) in (logging.StreamHandler, _StderrHandler)]  # not pytest's
+        handlers += [
+            h for h in lg.handlers if type(h) in (logging.StreamHandler, _StderrHandler)
+        ]  # not pytest's
         lg = lg.parent if lg.propagate else None
     assert len(handlers) == 1
 
