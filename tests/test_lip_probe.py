@@ -62,6 +62,14 @@ def test_renderer_draws_visemes_distinctly(seed: int) -> None:
             for a in g:
                 for b in h:
                     assert np.abs(frames[a][box] - frames[b][box]).mean() > 2.0, (a, b)
+    # the finer cues real lip readers use (measured 2026-12-01 on six speakers, before → after the press,
+    # tuck and tongue-tip parameters: p/b/m vs rest 0.2–0.4 → 2.6–6.4, f/v vs s/z 0.7–1.4 → 1.7–4.3,
+    # th vs t/d/n 0.5–1.3 → 1.4–3.9 gray levels): compressed lips at p/b/m, not relaxed ones; the lower lip
+    # tucked under the upper teeth at f/v, not two rows of teeth as at s/z; the tongue tip between the
+    # teeth at th
+    for (a, b), least in {("bmp", "sil"): 2.0, ("fv", "sz"): 1.5, ("th", "tdn"): 1.2}.items():
+        fa, fb = _still(app, a), _still(app, b)
+        assert np.abs(fa[box] - fb[box]).mean() > least, (a, b)
 
 
 def test_frame_visemes_follow_phoneme_timings() -> None:

@@ -1,7 +1,7 @@
 """Lip animation from phoneme timings, drawn as a mouth-region video (and composited into a face).
 
-Pipeline: phonemes with times → viseme targets (opening, width, rounding/protrusion, teeth, tongue per
-phoneme class; diphthongs glide between two targets) → co-articulated trajectories (dominance-weighted
+Pipeline: phonemes with times → viseme targets (opening, width, rounding/protrusion, teeth, tongue, lip
+compression, lower-lip tuck per phoneme class; diphthongs glide between two targets) → co-articulated trajectories (dominance-weighted
 blending in the manner of Cohen & Massaro: bilabial closures and labiodentals dominate their
 neighbours, /h k g/ mostly take their neighbours' shape) averaged over each frame's exposure →
 frames drawn with OpenCV (lip polygons with shading, dark cavity, teeth bands, tongue) at 2× and
@@ -9,7 +9,7 @@ downsampled for anti-aliasing.
 
 Per-speaker :class:`Appearance` (mouth size, lip thickness, gray levels of skin/lips/cavity/teeth,
 position, rotation, lighting, noise) and per-utterance head jitter keep lip reading learnable but not
-trivial.  Shapes: a track is (F, 5) float32 with the columns of :data:`PARAMS`; ROI videos are
+trivial.  Shapes: a track is (F, 7) float32 with the columns of :data:`PARAMS`; ROI videos are
 (F, 96, 96) uint8 gray.
 """
 
@@ -22,41 +22,41 @@ import cv2
 import numpy as np
 
 #: columns of a viseme track
-PARAMS = ("open", "width", "round", "teeth", "tongue")
+PARAMS = ("open", "width", "round", "teeth", "tongue", "press", "tuck")
 
 ROI_SIZE = 96
 _SS = 2  # supersampling factor for anti-aliased drawing
 _SHIFT = 2  # fixed-point bits for sub-pixel polygon vertices
 _N_PTS = 25  # points per lip contour
 
-# Viseme targets: (open, width, round, teeth, tongue), and the dominance (how strongly a class imposes
+# Viseme targets: (open, width, round, teeth, tongue, press, tuck), and the dominance (how strongly a class imposes
 # its shape on its neighbours) with its time constant in seconds.
 _V = {
-    "sil": ((0.02, 0.50, 0.15, 0.0, 0.0), 1.5, 0.06),
-    "bmp": ((0.00, 0.48, 0.20, 0.0, 0.0), 6.0, 0.035),
-    "fv": ((0.10, 0.50, 0.05, 1.0, 0.0), 3.0, 0.035),
-    "th": ((0.24, 0.55, 0.05, 0.8, 1.0), 1.5, 0.035),
-    "tdn": ((0.22, 0.62, 0.10, 0.8, 0.35), 0.5, 0.035),
-    "sz": ((0.10, 0.68, 0.05, 1.0, 0.0), 1.2, 0.035),
-    "l": ((0.30, 0.58, 0.10, 0.6, 0.8), 0.5, 0.035),
-    "sh": ((0.18, 0.32, 0.80, 0.8, 0.0), 2.0, 0.045),
-    "r": ((0.20, 0.36, 0.65, 0.4, 0.1), 1.0, 0.045),
-    "w": ((0.07, 0.20, 1.00, 0.0, 0.0), 3.0, 0.045),
-    "j": ((0.18, 0.80, 0.00, 0.7, 0.2), 1.0, 0.035),
-    "kg": ((0.33, 0.55, 0.10, 0.4, 0.2), 0.35, 0.03),
-    "h": ((0.40, 0.55, 0.10, 0.3, 0.0), 0.15, 0.03),
-    "a": ((0.85, 0.68, 0.05, 0.5, 0.2), 1.0, 0.06),
-    "A": ((0.95, 0.55, 0.15, 0.3, 0.1), 1.0, 0.06),
-    "0": ((0.78, 0.42, 0.50, 0.2, 0.1), 1.0, 0.06),
-    "V": ((0.62, 0.55, 0.10, 0.4, 0.1), 1.0, 0.06),
-    "E": ((0.55, 0.76, 0.00, 0.7, 0.2), 1.0, 0.06),
-    "I": ((0.33, 0.80, 0.00, 0.8, 0.2), 1.0, 0.06),
-    "i": ((0.24, 0.92, 0.00, 0.9, 0.2), 1.2, 0.06),
-    "@": ((0.38, 0.58, 0.10, 0.5, 0.1), 0.7, 0.05),
-    "3": ((0.40, 0.48, 0.40, 0.5, 0.1), 1.0, 0.06),
-    "O": ((0.58, 0.32, 0.85, 0.2, 0.0), 1.2, 0.06),
-    "U": ((0.32, 0.32, 0.80, 0.3, 0.0), 1.2, 0.06),
-    "u": ((0.22, 0.20, 1.00, 0.1, 0.0), 1.5, 0.06),
+    "sil": ((0.02, 0.50, 0.15, 0.0, 0.0, 0.0, 0.0), 1.5, 0.06),
+    "bmp": ((0.00, 0.48, 0.20, 0.0, 0.0, 1.0, 0.0), 6.0, 0.035),
+    "fv": ((0.10, 0.50, 0.05, 1.0, 0.0, 0.0, 1.0), 3.0, 0.035),
+    "th": ((0.24, 0.55, 0.05, 0.8, 1.0, 0.0, 0.0), 1.5, 0.035),
+    "tdn": ((0.22, 0.62, 0.10, 0.8, 0.35, 0.0, 0.0), 0.5, 0.035),
+    "sz": ((0.10, 0.68, 0.05, 1.0, 0.0, 0.0, 0.0), 1.2, 0.035),
+    "l": ((0.30, 0.58, 0.10, 0.6, 0.8, 0.0, 0.0), 0.5, 0.035),
+    "sh": ((0.18, 0.32, 0.80, 0.8, 0.0, 0.0, 0.0), 2.0, 0.045),
+    "r": ((0.20, 0.36, 0.65, 0.4, 0.1, 0.0, 0.0), 1.0, 0.045),
+    "w": ((0.07, 0.20, 1.00, 0.0, 0.0, 0.0, 0.0), 3.0, 0.045),
+    "j": ((0.18, 0.80, 0.00, 0.7, 0.2, 0.0, 0.0), 1.0, 0.035),
+    "kg": ((0.33, 0.55, 0.10, 0.4, 0.2, 0.0, 0.0), 0.35, 0.03),
+    "h": ((0.40, 0.55, 0.10, 0.3, 0.0, 0.0, 0.0), 0.15, 0.03),
+    "a": ((0.85, 0.68, 0.05, 0.5, 0.2, 0.0, 0.0), 1.0, 0.06),
+    "A": ((0.95, 0.55, 0.15, 0.3, 0.1, 0.0, 0.0), 1.0, 0.06),
+    "0": ((0.78, 0.42, 0.50, 0.2, 0.1, 0.0, 0.0), 1.0, 0.06),
+    "V": ((0.62, 0.55, 0.10, 0.4, 0.1, 0.0, 0.0), 1.0, 0.06),
+    "E": ((0.55, 0.76, 0.00, 0.7, 0.2, 0.0, 0.0), 1.0, 0.06),
+    "I": ((0.33, 0.80, 0.00, 0.8, 0.2, 0.0, 0.0), 1.0, 0.06),
+    "i": ((0.24, 0.92, 0.00, 0.9, 0.2, 0.0, 0.0), 1.2, 0.06),
+    "@": ((0.38, 0.58, 0.10, 0.5, 0.1, 0.0, 0.0), 0.7, 0.05),
+    "3": ((0.40, 0.48, 0.40, 0.5, 0.1, 0.0, 0.0), 1.0, 0.06),
+    "O": ((0.58, 0.32, 0.85, 0.2, 0.0, 0.0, 0.0), 1.2, 0.06),
+    "U": ((0.32, 0.32, 0.80, 0.3, 0.0, 0.0, 0.0), 1.2, 0.06),
+    "u": ((0.22, 0.20, 1.00, 0.1, 0.0, 0.0, 0.0), 1.5, 0.06),
 }
 
 # espeak-ng phoneme names (English) → one or two viseme classes (two = a glide within the phoneme)
@@ -103,7 +103,7 @@ def visemes_of(phoneme: str) -> tuple[str, ...]:
 def _keyframes(
     phonemes: list[tuple[str, float, float]],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Targets (K, 5), centre times (K,), dominance (K,) and time constants (K,) of the phonemes."""
+    """Targets (K, 7), centre times (K,), dominance (K,) and time constants (K,) of the phonemes."""
     targets, times, dom, tau = [], [], [], []
     for name, start, end in phonemes:
         classes = visemes_of(name)
@@ -129,7 +129,7 @@ def _keyframes(
 
 
 def viseme_track(phonemes: list[tuple[str, float, float]], n_frames: int, fps: float = 25.0) -> np.ndarray:
-    """Co-articulated mouth parameters at each frame: (F, 5) in [0, 1], columns :data:`PARAMS`.
+    """Co-articulated mouth parameters at each frame: (F, 7) in [0, 1], columns :data:`PARAMS`.
 
     ``phonemes`` are (espeak-ng name, start s, end s). Each frame integrates its 1/fps exposure (four
     sub-samples), as a camera does."""
@@ -197,6 +197,7 @@ class MouthShape:
     lower_teeth: np.ndarray
     tongue: np.ndarray  # (..., 4): centre x, centre y, half-axis x, half-axis y
     opening: np.ndarray  # (...,) height of the opening
+    front: np.ndarray  # (...,) bool: the tongue tip shows between the teeth (drawn over them)
 
     def __getitem__(self, i: int) -> MouthShape:
         return MouthShape(*(getattr(self, f.name)[i] for f in fields(self)))
@@ -210,12 +211,16 @@ _ARCH = np.sqrt(np.maximum(0, 1 - _X**2))
 def mouth_shape(
     p: np.ndarray, halfwidth: float, thickness: float = 1.0, droop: float = 0.0, open_gain: float = 1.0
 ) -> MouthShape:
-    """Contours for parameters ``p`` = (..., 5) (open, width, round, teeth, tongue) at a mouth half-width
-    in pixels; ``thickness`` scales the lips, ``droop`` lowers the corners, ``open_gain`` the jaw."""
+    """Contours for parameters ``p`` = (..., 7) (columns :data:`PARAMS`) at a mouth half-width in pixels;
+    ``thickness`` scales the lips, ``droop`` lowers the corners, ``open_gain`` the jaw.
+
+    ``press`` (p/b/m) compresses the closed lips: less red shows and the corners tighten, unlike the
+    relaxed lips at rest; ``tuck`` (f/v) rolls the lower lip in under the upper teeth: a thinner, raised
+    lower lip and no lower teeth, unlike the two rows of teeth of s/z."""
     p = np.asarray(p, np.float64)
-    op, wd, rd, th, tg = (p[..., k, None] for k in range(5))  # (..., 1) each
+    op, wd, rd, th, tg, pr, tk = (p[..., k, None] for k in range(7))  # (..., 1) each
     s = halfwidth / 26.0
-    w = halfwidth * (1.0 + 0.32 * (wd - 0.5) - 0.22 * rd)
+    w = halfwidth * (1.0 + 0.32 * (wd - 0.5) - 0.22 * rd - 0.06 * pr)
     wi = w * (0.9 - 0.3 * rd)  # rounding narrows the opening more than the lips
     h = s * open_gain * 24.0 * op * (1 + 0.2 * rd)
     # near-closed consonants that show the teeth (f/v on the lower lip, s/z, t/d/n, sh) lift the upper lip
@@ -227,8 +232,8 @@ def mouth_shape(
     x = _X * w
     inner = np.maximum(0.0, 1 - np.clip(np.abs(x) / wi, 0, 1) ** expo) ** 0.55
     corner = droop * np.abs(_X) ** 3
-    tu = s * thickness * (6.5 + 3.0 * rd)
-    tl = s * thickness * (8.5 + 3.0 * rd)
+    tu = s * thickness * (6.5 + 3.0 * rd) * (1 - 0.4 * pr)
+    tl = s * thickness * (8.5 + 3.0 * rd) * (1 - 0.4 * pr - 0.45 * tk)
     y_iu = -hu * inner + corner
     y_il = hl * inner + corner
     y_uo = y_iu - tu * np.sqrt(np.maximum(0, 1 - np.abs(_X) ** 2.2)) * _BOW
@@ -239,8 +244,15 @@ def mouth_shape(
     y_t_top = -hu * inner_t - 1.0
     y_t_bot = np.minimum(y_t_top + 1.0 + th * s * 6.0 * (0.6 + 0.4 * _ARCH), hl * inner_t)
     y_lt_bot = hl * inner_t + 1.0
-    y_lt_top = y_lt_bot - 1.0 - th * s * 4.0 * np.clip((op - 0.25) / 0.4, 0, 1) * _ARCH
+    # lower teeth: in open mouths, and as a second row just below the upper one when the teeth are
+    # brought together (s/z, t/d/n; not f/v, whose lower lip covers them)
+    near = np.clip(1 - op / 0.3, 0, 1) * (1 - tk)
+    lower_rows = np.maximum(np.clip((op - 0.25) / 0.4, 0, 1), 0.5 * near)
+    y_lt_top = y_lt_bot - 1.0 - th * s * 4.0 * lower_rows * _ARCH
     tongue_h = np.maximum(0.0, tg * 0.45 * h + 0.15 * h)[..., 0]
+    # the tongue rises with ``tongue`` (l, t/d/n: tip up behind the upper teeth); at th it reaches the
+    # teeth's edge, drawn over them (:func:`_draw`)
+    tongue_y = (hl - 0.6 * tongue_h[..., None] - tg * tg * 0.7 * (hl + hu))[..., 0]
 
     def pts(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         return np.stack(np.broadcast_arrays(xs, ys), -1)
@@ -256,9 +268,10 @@ def mouth_shape(
         upper_teeth=band(y_t_top, y_t_bot),
         lower_teeth=band(y_lt_top, y_lt_bot),
         tongue=np.stack(
-            np.broadcast_arrays(0.0 * tongue_h, hl[..., 0] - 0.6 * tongue_h, 0.6 * wi[..., 0], tongue_h), -1
+            np.broadcast_arrays(0.0 * tongue_h, tongue_y, (0.6 - 0.25 * tg[..., 0]) * wi[..., 0], tongue_h), -1
         ),
         opening=h[..., 0],
+        front=tg[..., 0] > 0.85,
     )
 
 
@@ -308,16 +321,22 @@ def _polygons(shape: MouthShape, origin: tuple[float, float], scale: float) -> n
     return np.round(allp).astype(np.int32)
 
 
-def _draw(canvas: np.ndarray, polys: np.ndarray, opening: float, scale: float, palette: Palette) -> None:
+def _draw(
+    canvas: np.ndarray, polys: np.ndarray, opening: float, scale: float, palette: Palette, front: bool = False
+) -> None:
+    """``front``: the tongue tip between the teeth (th), drawn over them."""
     cavity, lower_teeth, upper_teeth, upper, lower, light, seam, tongue = (polys[s] for s in _SLICES)
     if opening > 0.3:
         cv2.fillPoly(canvas, [cavity], palette.cavity, cv2.LINE_AA, _SHIFT)
         (cx, cy), (ax, ay) = tongue
-        if ay > scale * (1 << _SHIFT) * 0.3:
-            axes = (int(ax), int(ay))
+        show = ay > scale * (1 << _SHIFT) * 0.3
+        axes = (int(ax), int(ay))
+        if show and not front:
             cv2.ellipse(canvas, (int(cx), int(cy)), axes, 0, 0, 360, palette.tongue, -1, cv2.LINE_AA, _SHIFT)
         cv2.fillPoly(canvas, [lower_teeth], palette.teeth, cv2.LINE_AA, _SHIFT)
         cv2.fillPoly(canvas, [upper_teeth], palette.teeth, cv2.LINE_AA, _SHIFT)
+        if show and front:
+            cv2.ellipse(canvas, (int(cx), int(cy)), axes, 0, 0, 360, palette.tongue, -1, cv2.LINE_AA, _SHIFT)
     cv2.fillPoly(canvas, [upper], palette.lip_dark, cv2.LINE_AA, _SHIFT)
     cv2.fillPoly(canvas, [lower], palette.lip, cv2.LINE_AA, _SHIFT)
     cv2.fillPoly(canvas, [light], palette.lip_light, cv2.LINE_AA, _SHIFT)
@@ -330,7 +349,7 @@ def draw_mouth(
     """Paint one frame's mouth into ``canvas`` (H, W) or (H, W, 3) in place, in painter's order
     (cavity, tongue, teeth, then the lips over them). ``origin`` is the mouth centre in unscaled
     pixels; ``scale`` maps unscaled pixels to canvas pixels."""
-    _draw(canvas, _polygons(shape, origin, scale), float(shape.opening), scale, palette)
+    _draw(canvas, _polygons(shape, origin, scale), float(shape.opening), scale, palette, bool(shape.front))
 
 
 def _background(app: Appearance, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -369,7 +388,7 @@ def _head_motion(rng: np.random.Generator, n: int, amplitude: tuple[float, float
 def render_roi(
     track: np.ndarray, app: Appearance, rng: np.random.Generator, size: int = ROI_SIZE
 ) -> np.ndarray:
-    """Gray mouth-region frames for a viseme track: (F, 5) → (F, size, size) uint8.
+    """Gray mouth-region frames for a viseme track: (F, 7) → (F, size, size) uint8.
 
     ``rng`` draws the per-utterance lighting, zoom, head jitter and sensor noise."""
     base = _background(app, rng, size)
@@ -405,7 +424,7 @@ def render_roi(
             2 * _SS,
             cv2.LINE_8,
         )
-        _draw(img, polys[i], float(shapes.opening[i]), _SS, palette)
+        _draw(img, polys[i], float(shapes.opening[i]), _SS, palette, bool(shapes.front[i]))
         small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
         m = cv2.getRotationMatrix2D(app.center, app.angle + motion[i, 2], 1.0)
         m[:, 2] += motion[i, :2]
