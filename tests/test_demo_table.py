@@ -38,3 +38,39 @@ def test_each_demo_task_warms_up_only_its_streams(tmp_path) -> None:
         exp = task_config(base, task, tmp_path, 1.0, [])
         assert set(exp.model.streams) == streams
         assert set(exp.train.ctc_warmup_streams) == streams
+
+
+def test_default_demo_trains_with_babble_on_part_of_the_audio(tmp_path) -> None:
+    """demo/avsr mixes babble into about two thirds of the training utterances at its SNRs (down to
+    -5 dB) and leaves the rest clean, blanks audio or video of some utterances, and evaluates on clean
+    audio unless an SNR is asked for: clean-only training left the video unused (issue 14)."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from llama_avsr import media
+    from llama_avsr.commands.demo import DEMO_CONFIG, task_config
+    from llama_avsr.config import load_yaml
+    from llama_avsr.data.noise import measure_snr
+    from llama_avsr.data.transforms import build_pipeline
+
+    rng = np.random.default_rng(0)
+    noise = tmp_path / "babble.wav"
+    media.write_wav(noise, (0.1 * rng.standard_normal(48000)).astype(np.float32))
+    exp = task_config(load_yaml(DEMO_CONFIG), "avsr", tmp_path, 1.0, [])
+    data = dataclasses.replace(exp.data, noise_file=str(noise))
+    assert {"audio", "video"} <= set(data.train_augment)
+    assert data.modality_dropout.get("audio", 0) > 0 and data.modality_dropout.get("video", 0) > 0
+    add = build_pipeline("train", "audio", data).steps[-1]  # after the time mask: the noise
+    speech = torch.from_numpy(
+        (0.3 * np.sin(np.arange(32000) * 0.05) * rng.uniform(0.5, 1, 32000)).astype(np.float32)
+    )
+    snrs = []
+    for k in range(120):
+        out = add(speech, torch.Generator().manual_seed(k))
+        snrs.append(None if torch.equal(out, speech) else round(measure_snr(speech, out), 1))
+    noisy = [s for s in snrs if s is not None]
+    assert 60 <= len(noisy) <= 100, len(noisy)  # 80 expected
+    assert set(noisy) == {float(s) for s in data.train_snrs if s is not None} and min(noisy) <= -5
+    assert torch.equal(build_pipeline("val", "audio", data)(speech.clone(), torch.Generator()), speech)

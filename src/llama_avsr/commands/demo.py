@@ -1,11 +1,11 @@
 """``llama-avsr demo``: the whole job on a laptop, with real small models, from nothing.
 
 1. synthesise a small audio-visual corpus (espeak-ng voices + rendered lips, LRS3 layout);
-2. train an AVSR model: Whisper tiny.en (frozen) + a small AV-HuBERT trained from scratch +
+2. train an AVSR model: Whisper tiny.en (frozen) + a light lip-reading encoder trained from scratch +
    SmolLM2-135M with LoRA (configs/demo/avsr.yaml);
 3. evaluate on the test split (sentences never seen in training, spoken by training voices and by two
    held-out voices; WER overall, on seen and on held-out voices), clean and in babble noise whose
-   talkers differ from the training babble's;
+   talkers differ from the training babble's (the recipe trains with babble noise on part of the audio);
 4. transcribe a raw full-face video (face detection and mouth cropping on the fly).
 
 ``--full`` trains ASR, VSR and AVSR models for longer and compares them over an SNR sweep.
@@ -25,7 +25,7 @@ from typing import Any
 HELP = "synthesise a corpus, train AVSR with the embedded real models, evaluate, transcribe a raw video"
 DESCRIPTION = __doc__
 EXAMPLES = """\
-llama-avsr demo                       # ≈12 minutes on 2 CPU cores, results in demo_out/
+llama-avsr demo                       # ≈14 minutes on 2 CPU cores, results in demo_out/
 llama-avsr demo --full -o demo_full   # ASR, VSR and AVSR with babble noise, compared over SNRs (≈55 min)
 llama-avsr demo --minutes 3 train.lr=2e-3
 """
@@ -44,14 +44,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--full",
         action="store_true",
-        help="train ASR, VSR and AVSR longer, with babble noise in training, and compare them over SNRs",
+        help="train ASR, VSR and AVSR longer and compare them over SNRs",
     )
     p.add_argument(
         "--minutes",
         type=float,
         default=None,
         help="training budget per model in minutes, after a CTC warm-up of about a minute "
-        "(default: 9, or 15 with --full: 3 models, ≈55 minutes in all on 2 cores)",
+        "(default: the recipe's train.max_minutes, 7 for demo/avsr; 15 with --full: 3 models, ≈55 minutes "
+        "in all on 2 cores)",
     )
     p.add_argument("--train", type=int, default=1200, help="training utterances to synthesise")
     p.add_argument("--val", type=int, default=100, help="validation utterances (for choosing settings)")
@@ -70,9 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def task_config(
     base: dict[str, Any], task: str, out: Path, minutes: float, overrides: list[str], noisy: bool = False
 ) -> Any:
-    """The demo config cut down to ``task``'s streams. ``noisy``: augment the audio with babble noise in
-    training too (``--full``, which compares the modalities in noise); the frozen-encoder feature cache
-    then holds nothing for audio, since every noisy input differs."""
+    """The demo config cut down to ``task``'s streams. ``noisy``: augment the audio (babble noise at the
+    recipe's ``data.train_snrs``) and the video in training even if the recipe does not (``--full``, which
+    compares the modalities in noise; demo/avsr already does); the frozen-encoder feature cache then holds
+    nothing for audio, since every noisy input differs."""
     from llama_avsr.config import apply_overrides
     from llama_avsr.experiment import ExperimentConfig
 
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = generate(scfg)
 
     base = load_yaml(find_recipe(args.config))
-    minutes = args.minutes or (15.0 if args.full else 9.0)
+    minutes = args.minutes or (15.0 if args.full else float(base["train"]["max_minutes"]))
     tasks = ["asr", "vsr", "avsr"] if args.full else ["avsr"]
     snrs = parse_snrs(args.snr or ("clean,10,5,0,-5" if args.full else "clean,0"))
     summaries: dict[str, Any] = {}

@@ -268,7 +268,8 @@ def mouth_shape(
         upper_teeth=band(y_t_top, y_t_bot),
         lower_teeth=band(y_lt_top, y_lt_bot),
         tongue=np.stack(
-            np.broadcast_arrays(0.0 * tongue_h, tongue_y, (0.6 - 0.25 * tg[..., 0]) * wi[..., 0], tongue_h), -1
+            np.broadcast_arrays(0.0 * tongue_h, tongue_y, (0.6 - 0.25 * tg[..., 0]) * wi[..., 0], tongue_h),
+            -1,
         ),
         opening=h[..., 0],
         front=tg[..., 0] > 0.85,
