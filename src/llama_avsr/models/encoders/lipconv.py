@@ -6,7 +6,7 @@ step and learns slowly. This encoder keeps what lip reading needs and drops the 
 
     (B, T, 1, 88, 88) ──area-downsample──► (B·T, 1, S, S) ── minus the utterance's mean frame
         ──► per-frame 2D stem: [Conv3×3/2 → ReLU → Conv3×3 → ReLU] × len(widths) (channels-last)
-        ──► flatten → Linear(→ dim) → LayerNorm ──► (B, T, dim)
+        ──► flatten → Linear(→ dim) ── minus the utterance's mean feature ── LayerNorm ──► (B, T, dim)
         ──► temporal residual blocks: x + Conv1d(k)(ReLU(Conv1d(k)(x)))  (padding frames kept at 0)
         ──► (B, T, dim) at 25 Hz
 
@@ -14,6 +14,14 @@ step and learns slowly. This encoder keeps what lip reading needs and drops the 
   appearance (skin, lip colour, lighting, position) and leaves the movement: a linear viseme probe on
   such crops reaches 40 % on held-out voices (``tests/test_lip_probe.py``). The mean frame is kept as an
   extra input channel so the absolute shape is not lost.
+* Subtracting each utterance's mean feature after the frame projection (``center_features``, the
+  visual counterpart of cepstral mean normalisation): the static part of each frame's features (what
+  the mean-frame channel and the lips at rest give every frame) is far larger than the part that
+  moves, and the per-frame LayerNorm then scales the movement away. Measured on a demo model trained
+  without it: features of the real mouth video and of a blank one differed by 86 % before that
+  LayerNorm, 1 % after it and 0.002 % after the temporal blocks: the LLM got a constant and the WER
+  was identical with the video blanked. Centred, a blank video gives a constant and moving lips what
+  moves.
 * No BatchNorm: batches here are a handful of utterances with padding frames, where batch statistics
   are noisy and differ between training and evaluation.
 * It computes in its own weights' dtype even inside a bf16 autocast region: on CPUs without native bf16
@@ -48,6 +56,8 @@ class LipConvOptions:
     subtract_mean: feed the frame minus the utterance's mean frame (plus the mean frame as a second
     channel) instead of the raw frame.
     dropout: on the features after the stem and after each temporal block, in training.
+    center_features: subtract each utterance's mean (over its valid frames) from the projected frame
+    features before their LayerNorm (module docstring).
     """
 
     input_size: int = 44
@@ -57,6 +67,7 @@ class LipConvOptions:
     kernel: int = 5
     subtract_mean: bool = True
     dropout: float = 0.1
+    center_features: bool = True
 
     def __post_init__(self) -> None:
         if self.input_size < 8 or self.dim < 1 or not self.widths or min(self.widths) < 1:
@@ -139,7 +150,11 @@ class LipConvEncoder(Encoder):
             x = x[:, :, None]
         x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
         x = self.stem(x).flatten(1)  # (B·T, C·s·s)
-        x = self.drop(self.norm(self.proj(x))).view(b, t, -1) * valid[..., None]
+        x = self.proj(x).view(b, t, -1) * valid[..., None]
+        if self.options.center_features:
+            mean = x.sum(1, keepdim=True) / lens.clamp(min=1).to(dtype)[:, None, None]
+            x = (x - mean) * valid[..., None]
+        x = self.drop(self.norm(x)) * valid[..., None]
         for block in self.temporal:
             x = block(x, valid[..., None])
         return x, lens
