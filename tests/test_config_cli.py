@@ -48,7 +48,8 @@ def test_demo_asr_and_vsr_are_the_avsr_demo_cut_to_one_stream(task, streams, tmp
     """The demo command derives its ASR/VSR models from demo/avsr; the packaged recipes must agree."""
     from llama_avsr.commands.demo import task_config
 
-    derived = task_config(C.load_yaml(C.find_recipe("demo/avsr")), task, tmp_path, 9.0, [])
+    base = C.load_yaml(C.find_recipe("demo/avsr"))
+    derived = task_config(base, task, tmp_path, base["train"]["max_minutes"], [])
     packaged = ExperimentConfig.load(f"demo/{task}", [f"data.root={tmp_path / 'corpus'}"])
     assert list(packaged.model.streams) == streams
     derived.train.out_dir = packaged.train.out_dir
