@@ -84,7 +84,9 @@ def test_frame_visemes_follow_phoneme_timings() -> None:
 @needs_espeak
 def test_linear_viseme_probe_generalises_to_held_out_voices() -> None:
     """Measured 2026-11-30 (60 sentences by the 10 training voices, 20 by the 2 held-out voices,
-    ≈4.2 k / 1.5 k frames): 40 % held-out accuracy, majority class 21 %. The threshold leaves room for
+    ≈4.2 k / 1.5 k frames): 40 % held-out accuracy, majority class 21 %; 37.7 % on 2026-12-01 after the
+    press / tuck / tongue-tip cues, which a linear map of 32×24 crops barely sees (the renderer's own
+    parameters separate the classes better: 65 → 71 %, docs/results.md). The threshold leaves room for
     renderer changes but fails if the mouth shapes stop carrying the visemes across speakers."""
     from llama_avsr.synth import probe
 
