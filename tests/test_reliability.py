@@ -7,6 +7,7 @@ cases (exact continuation, stale or truncated ``last.ckpt``) are in ``test_end_t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import multiprocessing
@@ -201,6 +202,123 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write_with(target, fail)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["experiment.json"]
+
+
+def _interrupt_at_fsync(fd: int) -> None:
+    raise KeyboardInterrupt  # Ctrl-C (or a kill) after the new bytes are written, before the rename
+
+
+def _bench_out(target: Path, interrupted: bool, monkeypatch) -> None:
+    import llama_avsr.benchmark as bench
+
+    # the report's file is under test, not the measurements
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: {"new": "report"})
+    monkeypatch.setattr(bench, "format_report", lambda report: "")
+    argv = ["bench", "--config", str(REPO / "configs" / "bench" / "tiny.yaml"), "--out", str(target)]
+    assert main(argv) == (130 if interrupted else 0)  # 130: "llama-avsr bench: interrupted"
+
+
+def _transcript(target: Path, interrupted: bool, monkeypatch) -> None:
+    from llama_avsr.decoding.transcriber import Result, Segment
+    from llama_avsr.decoding.writers import write_result
+
+    result = Result(text="new text", segments=[Segment(0.0, 1.0, "new text")], duration=1.0)
+    with pytest.raises(KeyboardInterrupt) if interrupted else contextlib.nullcontext():
+        write_result(result, target.parent, ["json"], stem=target.stem)
+
+
+def _split_csv(target: Path, interrupted: bool, monkeypatch) -> None:
+    from llama_avsr.prepare.splits import write_splits
+
+    labels = target.with_name("labels.csv")
+    labels.write_text("d,spk/a,50,0,new text\n")
+    with pytest.raises(KeyboardInterrupt) if interrupted else contextlib.nullcontext():
+        write_splits(labels, {"spk/a": "train"})
+
+
+@pytest.mark.parametrize(
+    ("name", "write"),
+    [("bench.json", _bench_out), ("clip.json", _transcript), ("labels_train.csv", _split_csv)],
+    ids=["bench-out", "transcript", "split-csv"],
+)
+def test_an_interrupted_write_leaves_the_previous_file_intact(name, write, tmp_path, monkeypatch):
+    """A write interrupted after its bytes are out (Ctrl-C at the fsync before the rename) leaves the
+    previous file whole and no temporary file behind; not interrupted, the same write replaces it."""
+    target = tmp_path / name
+    target.write_text("previous\n")
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", _interrupt_at_fsync)
+        write(target, True, m)
+    assert target.read_text() == "previous\n"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    write(target, False, monkeypatch)
+    assert "new" in target.read_text()
+
+
+def test_every_output_file_is_written_atomically():
+    """No direct write of an output file in src/: results, reports, transcripts, CSVs and weights go
+    through ``llama_avsr.io``'s atomic helpers (temporary file, fsync, rename), or are written into a
+    temporary file or folder that is renamed over the target as a whole. The few other writes are
+    listed here with the reason they are safe."""
+    import ast
+
+    allowed = {
+        # lock files: empty, their content is never read
+        ("synth/babble.py", "open(root / '.babble.lock', 'w')"),
+        ("hub/sources.py", "lock_path.open('a')"),
+        # not a file of ours: asks the kernel to reset the process's peak-memory counter
+        ("benchmark/measure.py", "Path('/proc/self/clear_refs').write_text('5')"),
+        # model_dir: every file is written into the temporary folder of _write_dir, renamed as a whole
+        (
+            "model_dir.py",
+            "save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))",
+        ),
+        # a consolidated FSDP checkpoint in a scratch folder of this process, read back at once
+        ("training/run.py", "torch.save(consolidate_checkpoint(last), ckpt_path)"),
+    }
+
+    def is_mode(node: ast.AST) -> bool:
+        return (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and set(node.value) <= set("rwabxt+")
+            and bool(set(node.value) & set("wax"))
+        )
+
+    def target(call: ast.Call) -> ast.AST | None:
+        """The file a call writes, or None when it writes nothing."""
+        f = call.func
+        name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+        owner = ast.unparse(f.value) if isinstance(f, ast.Attribute) else ""
+        args = call.args
+        if name in ("write_text", "write_bytes") and isinstance(f, ast.Attribute):
+            return f.value
+        if name in ("savefig", "save_file") or (name == "save" and owner in ("np", "numpy")):
+            return args[0] if name != "save_file" else args[1]
+        if (name == "save" and owner == "torch") or (name == "dump" and owner in ("json", "pickle")):
+            return args[1]
+        if name in ("open", "fdopen"):
+            modes = [*args[:2], *(k.value for k in call.keywords if k.arg == "mode")]
+            if any(is_mode(m) for m in modes):
+                path_method = isinstance(f, ast.Attribute) and owner not in ("os", "io", "av", "wave")
+                return f.value if path_method else args[0]
+        return None
+
+    offenders = []
+    for path in sorted((REPO / "src" / "llama_avsr").rglob("*.py")):
+        rel = path.relative_to(REPO / "src" / "llama_avsr").as_posix()
+        if rel == "io.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            t = target(node) if isinstance(node, ast.Call) else None
+            if t is None:
+                continue
+            # a temporary file or folder renamed afterwards, or the open file atomic_write_with hands over
+            if any(isinstance(n, ast.Name) and n.id in ("tmp", "f", "fd") for n in ast.walk(t)):
+                continue
+            if (rel, ast.unparse(node)) not in allowed:
+                offenders.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
+    assert offenders == []
 
 
 def _add_results(path: str, label: str, n: int) -> None:

@@ -32,6 +32,7 @@ from llama_avsr.data.batch import PAD_LABEL, Batch
 from llama_avsr.data.collate import Collator
 from llama_avsr.decoding.search import generate
 from llama_avsr.devices import resolve_device, resolve_precision
+from llama_avsr.io import atomic_write_text
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.models.feature_cache import FeatureCache
 from llama_avsr.models.llm import base_causal_lm
@@ -564,7 +565,7 @@ class Bench:
                     gray = torch.randint(0, 256, (frames, 96, 96), dtype=torch.uint8).numpy()
                     media.write_video(path, gray)
                 rows.append(f"d,{rel},{max(1, frames)},0,{s['text']}")
-            (root / "labels.csv").write_text("\n".join(rows) + "\n")
+            atomic_write_text(root / "labels.csv", "\n".join(rows) + "\n")
             utts, _ = read_labels(root / "labels.csv", root)
             data = dataclasses.replace(self.exp.data, root=str(root), train_csv=str(root / "labels.csv"))
             # one collate call: the transcript tokenisation each batch pays (the prompt ids are computed

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import shlex
-from pathlib import Path
+
+from llama_avsr.io import atomic_write_json
 
 HELP = "benchmark training / encoder / decoding speed, memory, FLOP/s and each speed-up (JSON + table)"
 DESCRIPTION = (
@@ -75,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
     report["command"] = "llama-avsr bench " + " ".join(shlex.quote(a) for a in [*given, *args.overrides])
     report["config_file"] = str(args.config)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(args.out, report)
         log.info("bench report written to %s", args.out)
     print(format_report(report))  # noqa: T201
     return 0

@@ -99,6 +99,7 @@ def task_config(
 def run(args: argparse.Namespace) -> int:
     from llama_avsr.config import find_recipe, load_yaml
     from llama_avsr.evaluation.run import evaluate_model_dir, parse_snrs, plot_wer_vs_snr, results_table
+    from llama_avsr.io import atomic_write_json
     from llama_avsr.synth.corpus import MANIFEST, SynthConfig, generate
     from llama_avsr.training.run import train
 
@@ -196,16 +197,14 @@ def run(args: argparse.Namespace) -> int:
         f"total time {time.time() - t0:.0f} s; results in {out / 'eval'}, plot {out / 'wer_vs_snr.png'}"
     )
     print("\n".join(lines))  # noqa: T201
-    (out / "demo_results.json").write_text(
-        json.dumps(
-            {
-                "wer": summaries,
-                "training": speeds,
-                "raw_video": {"transcript": transcript, "reference": face and face["text"]},
-                "seconds": round(time.time() - t0, 1),
-            },
-            indent=2,
-        )
+    atomic_write_json(
+        out / "demo_results.json",
+        {
+            "wer": summaries,
+            "training": speeds,
+            "raw_video": {"transcript": transcript, "reference": face and face["text"]},
+            "seconds": round(time.time() - t0, 1),
+        },
     )
     return 0
 

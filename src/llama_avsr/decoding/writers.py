@@ -5,12 +5,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from llama_avsr.decoding.transcriber import Result
+from llama_avsr.io import atomic_write_text
 
 FORMATS = ("txt", "json", "srt", "vtt")
 
@@ -59,17 +58,6 @@ def to_vtt(result: Result) -> str:
 WRITERS: dict[str, Callable[[Result], str]] = {"txt": to_txt, "json": to_json, "srt": to_srt, "vtt": to_vtt}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_result(
     result: Result, output_dir: str | Path, formats: Sequence[str] = FORMATS, stem: str | None = None
 ) -> list[Path]:
@@ -81,6 +69,6 @@ def write_result(
     paths = []
     for fmt in formats:
         path = out / f"{stem}.{fmt}"
-        _atomic_write(path, WRITERS[fmt](result))
+        atomic_write_text(path, WRITERS[fmt](result))
         paths.append(path)
     return paths

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from llama_avsr.io import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 #: GGUF tensor name (after ``blk.N.``) → ``LlamaForCausalLM`` parameter (after ``model.layers.N.``)
@@ -227,4 +229,4 @@ def _tidy_tokenizer_config(path: Path) -> None:
         data.get("tokenizer_class") == "TokenizersBackend"
     ):  # transformers 5's name for PreTrainedTokenizerFast
         data["tokenizer_class"] = "PreTrainedTokenizerFast"
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

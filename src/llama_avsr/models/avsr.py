@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from llama_avsr.config import ModelConfig
 from llama_avsr.data.batch import PAD_LABEL, Batch
+from llama_avsr.io import atomic_write_bytes
 from llama_avsr.models.compression import build_compressor
 from llama_avsr.models.encoders import build_encoder
 from llama_avsr.models.feature_cache import FeatureCache
@@ -119,11 +121,9 @@ class AVSRModel(nn.Module):
         return state
 
     def save_trainable(self, path: str | Path) -> None:
-        """Write the trainable state as safetensors (atomic: temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}, str(tmp))
-        tmp.replace(path)
+        """Write the trainable state as safetensors (atomically: temp file, fsync, rename)."""
+        state = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        atomic_write_bytes(path, safetensors_bytes(state))
 
     def load_trainable(
         self, path_or_state: str | Path | dict[str, torch.Tensor], strict: bool = True

@@ -179,6 +179,8 @@ class FeatureCache:
             return
         path = self._path(fp, key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # atomic (a reader sees a whole entry or none) but not fsynced: a cache entry lost in a crash is
+        # recomputed, and an fsync per utterance would slow the disk cache down
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         save_file({"features": feats}, str(tmp), metadata={"encoder": name, "fingerprint": fp})
         tmp.replace(path)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from llama_avsr.data.config import SPLITS
+from llama_avsr.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def write_splits(
 ) -> SplitReport:
     """Write ``<csv stem>_<split>.csv`` beside ``csv`` for every split (files may be empty), keeping the
     CSV's line order; ``max_frames`` drops longer train/val utterances. ``write(path, text)`` writes a
-    file (atomically, in ``prepare``)."""
+    file (default: atomically, with ``io.atomic_write_text``)."""
     csv = Path(csv)
     rows: dict[str, list[str]] = {s: [] for s in SPLITS}
     report = SplitReport()
@@ -162,10 +163,7 @@ def write_splits(
     for split in SPLITS:
         path = csv.with_name(f"{csv.stem}_{split}.csv")
         text = "".join(rows[split])
-        if write is None:
-            path.write_text(text, encoding="utf-8")
-        else:
-            write(path, text)
+        (write or atomic_write_text)(path, text)
         report.files[split] = str(path)
         report.counts[split] = len(rows[split])
     return report

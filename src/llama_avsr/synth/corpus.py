@@ -23,9 +23,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -34,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from llama_avsr.io import atomic_write_text
 from llama_avsr.media import SAMPLE_RATE, VIDEO_FPS, write_video, write_wav
 from llama_avsr.synth import babble, grammar, lips, tts
 
@@ -164,17 +163,6 @@ def lrs3_transcript(text: str, words: Iterable[tuple[int, float]], speech_end: f
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def make_item(item: Item, out: Path, dataset: str, seed: int) -> Row:
     """Synthesise, animate and write one utterance; returns its label row."""
     rng = np.random.default_rng(item.seed)
@@ -185,7 +173,9 @@ def make_item(item: Item, out: Path, dataset: str, seed: int) -> Row:
         path = out / "raw" / item.rel_path
         write_video(path, frames, fps=FACE_FPS, audio=speech.audio, sample_rate=speech.sample_rate)
         speech_end = max((e for p, _, e in speech.phonemes if not p.startswith("_")), default=speech.duration)
-        _write_text(path.with_suffix(".txt"), lrs3_transcript(item.sentence.text, speech.words, speech_end))
+        atomic_write_text(
+            path.with_suffix(".txt"), lrs3_transcript(item.sentence.text, speech.words, speech_end)
+        )
         return Row("raw", f"raw/{item.rel_path}", n, item.sentence.text, speech.duration)
     n = len(speech.audio) * VIDEO_FPS // SAMPLE_RATE
     track = lips.viseme_track(speech.phonemes, n, VIDEO_FPS)
@@ -254,7 +244,7 @@ def generate(cfg: SynthConfig) -> dict:
     elapsed = time.perf_counter() - t0
     labels = cfg.out / "labels"
     for split in grammar.SPLITS:
-        _write_text(
+        atomic_write_text(
             labels / f"{cfg.dataset}_{split}.csv",
             _csv_text(cfg.dataset, [r for r in rows if r.split == split]),
         )
@@ -291,7 +281,7 @@ def generate(cfg: SynthConfig) -> dict:
         "vocab": grammar.vocabulary(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "out"},
     }
-    _write_text(cfg.out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(cfg.out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     n = len(items)
     log.info(
         "wrote %d utterances in %.1f s (%.1f utt/s) — %s",

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from llama_avsr.io import atomic_write_json
 from llama_avsr.web.demo import (
     NOISE_BABBLE,
     NOISE_CLEAN,
@@ -173,7 +174,7 @@ class Page:
         except Exception as e:  # noqa: BLE001
             return None, _error_text(e)
         path = wer_plot(by_condition, self._out(".png"))
-        path.with_suffix(".json").write_text(json.dumps(by_condition, indent=1))
+        atomic_write_json(path.with_suffix(".json"), by_condition, indent=1)
         kind = NOISE_BABBLE if noise == NOISE_CLEAN else noise
         return str(path), f"WER against SNR for {clip.name} ({kind})"
 
