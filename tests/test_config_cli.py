@@ -292,6 +292,6 @@ def test_native_stderr_lines_are_filtered_and_the_rest_passes():
         "raise SystemExit(3)\n"
     )
     env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=60)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, timeout=600)
     assert r.returncode == 3 and r.stdout == b"stdout\n"
     assert r.stderr == b"bar  10%\rbar  20%\nkept line\n"

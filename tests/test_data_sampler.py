@@ -165,10 +165,13 @@ def test_state_mismatch_rejected() -> None:
 
 
 def test_large_corpus_is_fast() -> None:
+    """200 k utterances are batched in well under a second of this process's CPU time. CPU time, not
+    wall-clock time: other processes on a loaded machine do not count, so this cannot flake under load
+    (a quadratic sampler would take minutes)."""
     import time
 
     lengths = np.random.default_rng(0).integers(20, 400, 200_000)
-    t = time.perf_counter()
+    t = time.process_time()
     s = FrameBudgetBatchSampler(lengths, 1000, num_replicas=8, rank=3)
     n = len(list(s))
-    assert n > 0 and time.perf_counter() - t < 5
+    assert n > 0 and time.process_time() - t < 5
