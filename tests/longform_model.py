@@ -41,6 +41,7 @@ def build(root: Path) -> tuple[Path, Path]:
     overrides = [
         f"data.root={corpus}",
         "data.val_csv=null",
+        "train.select=last",
         f"train.out_dir={run}",
         "train.max_minutes=null",
         "train.schedule=steps",

@@ -391,6 +391,8 @@ def test_real_demo_configuration_runs_a_few_steps(tmp_path, capsys):
             str(tmp_path / "demo"),
             "--train",
             "24",
+            "--val",
+            "4",
             "--test",
             "4",
             "--minutes",
@@ -405,6 +407,11 @@ def test_real_demo_configuration_runs_a_few_steps(tmp_path, capsys):
     assert "Llama-AVSR demo results" in out and "raw video" in out
     res = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
     assert set(res["wer"]["avsr"]) == {"clean", "0"}
+    # validated on the validation split (the final weights, step 3), which chose the model
+    training = res["training"]["avsr"]
+    assert [v["step"] for v in training["val_wer"]] == [3]
+    assert training["selection"]["select"] == "best_val_wer" and training["selection"]["step"] == 3
+    assert "validation WER (4 utterances, greedy" in out
 
 
 def test_prepared_raw_videos_train_and_evaluate_through_the_same_dataset_code(tmp_path):

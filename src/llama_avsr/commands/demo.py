@@ -2,7 +2,8 @@
 
 1. synthesise a small audio-visual corpus (espeak-ng voices + rendered lips, LRS3 layout);
 2. train an AVSR model: Whisper tiny.en (frozen) + a light lip-reading encoder trained from scratch +
-   SmolLM2-135M with LoRA (configs/demo/avsr.yaml);
+   SmolLM2-135M with LoRA (configs/demo/avsr.yaml), validated on the validation split (greedy WER,
+   logged as val/wer), whose lowest-WER weights become the final model (train.select: best_val_wer);
 3. evaluate on the test split (sentences never seen in training, spoken by training voices and by two
    held-out voices; WER overall, on seen and on held-out voices), clean and in babble noise whose
    talkers differ from the training babble's (the recipe trains with babble noise on part of the audio);
@@ -55,7 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "in all on 2 cores)",
     )
     p.add_argument("--train", type=int, default=1200, help="training utterances to synthesise")
-    p.add_argument("--val", type=int, default=100, help="validation utterances (for choosing settings)")
+    p.add_argument(
+        "--val",
+        type=int,
+        default=100,
+        help="validation utterances: validated during training, they choose the final model "
+        "(0: no validation, the last weights)",
+    )
     p.add_argument(
         "--test", type=int, default=100, help="test utterances (unseen sentences; seen and held-out voices)"
     )
@@ -96,6 +103,13 @@ def task_config(
     return ExperimentConfig.from_dict(apply_overrides(d, overrides))
 
 
+def demo_overrides(n_val: int, overrides: list[str]) -> list[str]:
+    """The user's overrides, after what ``--val`` implies: with no validation utterances nothing is
+    validated and the last weights are the model (the recipe's ``train.select: best_val_wer`` needs a
+    validation split)."""
+    return (["data.val_csv=null", "train.select=last"] if n_val == 0 else []) + list(overrides)
+
+
 def run(args: argparse.Namespace) -> int:
     from llama_avsr.config import find_recipe, load_yaml
     from llama_avsr.evaluation.run import evaluate_model_dir, parse_snrs, plot_wer_vs_snr, results_table
@@ -125,17 +139,24 @@ def run(args: argparse.Namespace) -> int:
         log.warning("[1/4] corpus already in %s — reusing it", corpus)
         manifest = json.loads(manifest_file.read_text())
     else:
-        log.warning("[1/4] synthesising %d train / %d test utterances into %s", args.train, args.test, corpus)
+        log.warning(
+            "[1/4] synthesising %d train / %d validation / %d test utterances into %s",
+            args.train,
+            args.val,
+            args.test,
+            corpus,
+        )
         manifest = generate(scfg)
 
     base = load_yaml(find_recipe(args.config))
     minutes = args.minutes or (15.0 if args.full else float(base["train"]["max_minutes"]))
     tasks = ["asr", "vsr", "avsr"] if args.full else ["avsr"]
+    overrides = demo_overrides(args.val, args.overrides)
     snrs = parse_snrs(args.snr or ("clean,10,5,0,-5" if args.full else "clean,0"))
     summaries: dict[str, Any] = {}
     speeds: dict[str, Any] = {}
     for i, task in enumerate(tasks):
-        exp = task_config(base, task, out, minutes, args.overrides, noisy=args.full)
+        exp = task_config(base, task, out, minutes, overrides, noisy=args.full)
         exp.train.seed = args.seed
         log.warning(
             "[2/4] training %s (%d/%d) for up to %.0f min → %s",
@@ -191,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
             f"{st['train_seconds']:.0f} s ({st.get('train_utterances_per_second', 0):.1f} utt/s); decoding "
             f"{best['utterances_per_second']:.2f} utt/s (real-time factor {best['real_time_factor']:.3f})"
         )
+        if st.get("val_wer"):
+            lines.append("  " + validation_line(st, args.val))
     if transcript is not None:
         lines.append(f'raw video → "{transcript}"  (reference: "{face["text"]}")')
     lines.append(
@@ -207,6 +230,17 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     return 0
+
+
+def validation_line(training: dict[str, Any], n_val: int) -> str:
+    """The validation WER of each validation during training and the weights chosen for the model."""
+    curve = ", ".join(f"step {v['step']}: {100 * v['wer']:.2f} %" for v in training["val_wer"])
+    sel = training.get("selection") or {}
+    chosen = f"step {sel['step']}" if "step" in sel else ", ".join(sel.get("checkpoints", [])) or "?"
+    return (
+        f"validation WER ({n_val} utterances, greedy; chooses the model, not a test result): {curve}; "
+        f"final model: {chosen} ({sel.get('select', '?')})"
+    )
 
 
 def comparison_table(summaries: dict[str, dict[str, dict[str, Any]]]) -> str:

@@ -257,7 +257,7 @@ def load_split(cfg: DataConfig, split: str) -> list[Utterance]:
     try:
         path = cfg.csv_path(split)
     except ValueError as e:  # the split's CSV is not set
-        raise DataError(str(e)) from e
+        raise DataError(f"{e}: give the {split} label CSV (data.{split}_csv=..., or --csv)") from e
     if not Path(path).is_file():
         raise DataError(f"{path}: label file not found (set data.{split}_csv, or --csv)")
     utterances, problems = read_labels(path, cfg.root, strict=cfg.on_error == "raise")
