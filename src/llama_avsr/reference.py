@@ -1,6 +1,6 @@
 """Import released Llama-AVSR checkpoints (``.pth``: the reference code's state dict) into our model.
 
-The reference layout (DESIGN §3) and where each tensor goes:
+The reference layout (the published code's state dict) and where each tensor goes:
 
 ====================================================================  ==========================================
 reference key                                                         ours

@@ -31,7 +31,7 @@ class TokenIds:
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and add ``<pad>`` and the modality delimiters (DESIGN §2)."""
+    """Load a tokenizer and add ``<pad>`` and the modality delimiters (``config.SPECIAL_TOKENS``)."""
     from llama_avsr.hub import resolve
 
     tok = AutoTokenizer.from_pretrained(str(resolve(source, "llm")))

@@ -1,7 +1,7 @@
 """Lay out the LLM input sequence and splice modality features into it — one path for training and
 generation.
 
-Per sample (DESIGN §2 [paper])::
+Per sample (the paper's and the published code's layout)::
 
     BOS, <audio> A_1 … A_n </audio>, <video> V_1 … V_m </video>, prompt…, transcript…, EOS
 

@@ -1,4 +1,4 @@
-"""Raw video → mouth ROI (96 × 96 gray, 25 fps) + 16 kHz audio + label CSV (the corpus layout, DESIGN §3).
+"""Raw video → mouth ROI (96 × 96 gray, 25 fps) + 16 kHz audio + label CSV (the corpus layout, docs/data.md).
 
 - :mod:`.detectors`: face detection + landmarks behind one interface (``mediapipe``, ``dlib``), a registry;
 - :mod:`.roi`: pure landmark → ROI functions (interpolate, smooth, align to a mean face, crop);

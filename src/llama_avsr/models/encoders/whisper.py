@@ -7,7 +7,7 @@ Two ways to run it:
   (``max(int(max_len / 16000 * 50), 25)`` frames, as the reference does);
 - ``pad_to_30s=False``: only the true length is encoded (padded to the batch maximum, with an
   attention mask so that padding never changes a sample's features). Much faster for short
-  utterances; features differ slightly from the padded ones (cosine ≈ 0.97 for tiny.en, DESIGN §7).
+  utterances; features differ slightly from the padded ones (cosine ≈ 0.97 for tiny.en: `llama-avsr bench`'s whisper section, docs/performance.md).
 
 Output: 50 frames/s, width ``d_model``. The waveform is first layer-normalised per utterance (the
 reference's audio pipeline for Whisper); log-mel features are then computed in torch on the input's
