@@ -49,6 +49,12 @@ def test_best_val_wer_takes_the_best_validation(tmp_path: Path):
     # a tie keeps the earlier weights (as the best-checkpoint callback does)
     ckpts, rec = select_checkpoints("best_val_wer", 3, tmp_path, [*history[:2], (6, 0.30)], best)
     assert ckpts == [best_file] and rec["step"] == 4
+    # a run shorter than val_every_steps: only the final weights were validated, after fit, so the
+    # best-checkpoint callback saved nothing; they are the model, with their step and WER
+    ckpts, rec = select_checkpoints(
+        "best_val_wer", 3, tmp_path, [(6, 0.25)], SimpleNamespace(best_model_path="")
+    )
+    assert [p.name for p in ckpts] == ["0-step=6.ckpt"] and (rec["step"], rec["val_wer"]) == (6, 0.25)
     # nothing validated: the last weights, said so
     ckpts, rec = select_checkpoints("best_val_wer", 3, tmp_path, [], SimpleNamespace(best_model_path=""))
     assert [p.name for p in ckpts] == ["0-step=6.ckpt"] and "step" not in rec

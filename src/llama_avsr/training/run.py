@@ -278,19 +278,27 @@ def select_checkpoints(
     record: dict[str, Any] = {"select": select}
     if select == "best_val_wer":
         best_path = Path(best.best_model_path) if best is not None and best.best_model_path else None
-        if not val_history or best_path is None:
+        if not val_history:
             log.warning("train.select=best_val_wer: no validation WER was measured; using the last weights")
         else:
             step, wer = min(val_history, key=lambda h: h[1])  # the first of equal ones, as `best` keeps
-            if not best_path.stem.endswith(f"step={step}"):
-                # the best weights were validated outside fit (the final ones): their step checkpoint
+            chosen = best_path if best_path is not None and best_path.stem.endswith(f"step={step}") else None
+            if chosen is None:
+                # the best weights were validated outside fit (the final ones, which `best` does not
+                # save — the only validation of a run shorter than val_every_steps): their step checkpoint
                 at_step = [p for p in saved if p.stem.endswith(f"step={step}")]
                 if at_step:
-                    best_path = at_step[-1]
-                else:
+                    chosen = at_step[-1]
+                elif best_path is not None:
+                    chosen = best_path
                     step, wer = int(best_path.stem.split("step=")[-1]), float(best.best_model_score)
-            record.update(step=step, val_wer=wer)
-            return [best_path], {**record, "checkpoints": [best_path.name]}
+            if chosen is not None:
+                record.update(step=step, val_wer=wer)
+                return [chosen], {**record, "checkpoints": [chosen.name]}
+            log.warning(
+                "train.select=best_val_wer: no checkpoint of the best-validated step %d; using the last weights",
+                step,
+            )
         select = "last"
     ckpts = saved[-(average_last if select == "average_last" else 1) :]
     return ckpts, {**record, "checkpoints": [p.name for p in ckpts]}
