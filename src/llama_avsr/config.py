@@ -32,6 +32,30 @@ PAD_TOKEN = "<pad>"
 
 MODALITIES: tuple[str, ...] = ("audio", "video")
 
+#: recognition tasks by the modalities the LLM sees (one multi-task model serves several, ``model.tasks``)
+TASKS: dict[str, tuple[str, ...]] = {"asr": ("audio",), "vsr": ("video",), "avsr": ("audio", "video")}
+
+#: what a task-, rate- or task-and-rate-specific LoRA adapter is keyed on (``LoRAConfig.specific_to``)
+LORA_STRATEGIES: tuple[str, ...] = ("shared", "specific", "shared+specific")
+LORA_SPECIFIC_TO: tuple[str, ...] = ("task", "rates", "task+rates")
+#: PEFT's name of the one adapter of a shared-LoRA model (kept so older model directories load)
+SHARED_ADAPTER = "default"
+
+
+def task_of(modalities: typing.Iterable[str]) -> str:
+    """The task that reads exactly these modalities (``{"audio"}`` → ``asr``)."""
+    mods = set(modalities)
+    for name, needs in TASKS.items():
+        if set(needs) == mods:
+            return name
+    raise ValueError(f"no task reads exactly {sorted(mods)}")
+
+
+def rates_key(rates: dict[str, int]) -> str:
+    """A rate combination as a name: ``{"audio": 4, "video": 2}`` → ``audio4_video2`` (stream order)."""
+    return "_".join(f"{s}{k}" for s, k in rates.items())
+
+
 #: packaged configs: recipes by name (``paper/asr``, ``demo/avsr``) and architectures (``arch/``)
 CONFIG_DIR = Path(__file__).parent / "configs"
 RECIPE_GROUPS: tuple[str, ...] = ("paper", "demo")
@@ -85,19 +109,42 @@ class CompressionConfig:
 
     kind: ``stack`` (concatenate k consecutive frames, the paper) or ``avg-pool`` (average them).
     ratio: k, frames per LLM token (paper: audio 3 for ASR, 4 for AVSR; video 3 for VSR, 2 for AVSR).
+        With ``ratios`` it is the rate used when a caller names none (default: the first of ``ratios``).
+    ratios: Matryoshka compression (Llama-MTSK / Omni-AVSR): the stream is trained at each of these
+        rates (one projector per rate, the LLM shared) and inference picks one per call
+        (``transcribe(rates={"audio": 16})``). ``None``: the single rate ``ratio``.
     ``remainder``: what to do with the last T mod k frames — ``drop`` them (the reference) or
     ``pad`` them with zeros to a full group.
     """
 
     kind: str = "stack"
-    ratio: int = 3
+    ratio: int | None = None
+    ratios: list[int] | None = None
     remainder: str = "drop"
 
     def __post_init__(self) -> None:
+        if self.ratios is not None:
+            if (
+                not self.ratios
+                or any(k < 1 for k in self.ratios)
+                or len(set(self.ratios)) != len(self.ratios)
+            ):
+                raise ValueError(f"compression ratios must be distinct integers >= 1, got {self.ratios}")
+            if self.ratio is None:
+                self.ratio = self.ratios[0]
+            elif self.ratio not in self.ratios:
+                raise ValueError(f"compression ratio {self.ratio} is not one of ratios {self.ratios}")
+        elif self.ratio is None:
+            self.ratio = 3
         if self.ratio < 1:
             raise ValueError(f"compression ratio must be >= 1, got {self.ratio}")
         if self.remainder not in ("drop", "pad"):
             raise ValueError(f"compression remainder must be 'drop' or 'pad', got {self.remainder!r}")
+
+    @property
+    def rates(self) -> list[int]:
+        """Every rate the stream is trained at (``[ratio]`` without Matryoshka)."""
+        return list(self.ratios) if self.ratios is not None else [self.ratio]
 
 
 @dataclass
@@ -106,10 +153,14 @@ class ProjectorConfig:
 
     hidden: width of the projector's hidden layer (paper: 2048).
     layernorm: end with a LayerNorm over the LLM width (the reference's ``layernorm_projector``).
+    shared_across_rates: with several compression ``ratios``, one projector for every rate instead of
+        one per rate (Llama-MTSK's single projector; only for ``avg-pool``, whose output width does not
+        depend on the rate).
     """
 
     hidden: int = 2048
     layernorm: bool = False
+    shared_across_rates: bool = False
 
 
 @dataclass
@@ -141,6 +192,11 @@ class StreamConfig:
             raise ValueError(f"stream inputs must be a non-empty subset of {MODALITIES}, got {self.inputs}")
         if (self.begin_token is None) != (self.end_token is None):
             raise ValueError("set both begin_token and end_token, or neither")
+        if self.projector.shared_across_rates and self.compression.kind == "stack":
+            raise ValueError(
+                "projector.shared_across_rates needs compression kind avg-pool: a stack of k frames is "
+                "k times wider at each rate, so every rate needs its own projector"
+            )
 
 
 @dataclass
@@ -155,6 +211,12 @@ class LoRAConfig:
     targets: LLM linear layers that get LoRA (paper: ``q_proj``, ``v_proj``).
     dropout: LoRA dropout.
     rank: r itself, overriding hidden/reduction when set.
+    strategy: for multi-task / multi-rate models (Llama-MTSK, Omni-AVSR): ``shared`` — one adapter for
+        every task and rate; ``specific`` — one adapter per ``specific_to`` key (Omni-LoRA-T,
+        MTSK's specific-scale LoRA); ``shared+specific`` — both, summed (Omni-LoRA-ST, MTSK's
+        multi-specific-scale LoRA).
+    specific_to: what a specific adapter is keyed on: ``task`` (asr / vsr / avsr), ``rates`` (the
+        combination of compression rates) or ``task+rates``.
     """
 
     reduction: int = 64
@@ -162,6 +224,16 @@ class LoRAConfig:
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     dropout: float = 0.0
     rank: int | None = None  # overrides hidden/reduction when set
+    strategy: str = "shared"
+    specific_to: str = "task"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in LORA_STRATEGIES:
+            raise ValueError(f"llm.lora.strategy must be one of {LORA_STRATEGIES}, got {self.strategy!r}")
+        if self.specific_to not in LORA_SPECIFIC_TO:
+            raise ValueError(
+                f"llm.lora.specific_to must be one of {LORA_SPECIFIC_TO}, got {self.specific_to!r}"
+            )
 
     def rank_for(self, hidden_size: int) -> int:
         return self.rank if self.rank is not None else max(1, hidden_size // self.reduction)
@@ -206,7 +278,11 @@ class ModelConfig:
 
     encoders: named encoders (a stream refers to one by name; two streams may share one).
     streams: ordered; LLM input = BOS, stream tokens in this order, prompt, transcript, EOS.
-    prompt: ``None`` picks the paper's prompt from the modalities the streams read.
+    prompt: ``None`` picks the paper's prompt from the modalities the streams read (single-task models).
+    tasks: one model for several tasks (Omni-AVSR): any of ``asr``, ``vsr``, ``avsr``; a task uses the
+        streams whose inputs are among its modalities, with its own prompt. ``None``: the one task of
+        all the streams (the original Llama-AVSR).
+    task_prompts: prompts of a multi-task model by task (default: the paper's prompt of each task).
     sink_loss_factor: weight of the attention-sink loss (follow-up paper); 0 disables it.
     sink_loss_layers: LLM layers whose hidden states the sink loss reads (default: every intermediate one).
     """
@@ -215,6 +291,8 @@ class ModelConfig:
     streams: dict[str, StreamConfig]
     llm: LLMConfig = field(default_factory=LLMConfig)
     prompt: str | None = None
+    tasks: list[str] | None = None
+    task_prompts: dict[str, str] | None = None
     sink_loss_factor: float = 0.0
     sink_loss_layers: list[int] | None = None
 
@@ -224,14 +302,141 @@ class ModelConfig:
         for name, s in self.streams.items():
             if s.encoder not in self.encoders:
                 raise ValueError(f"stream {name!r} uses unknown encoder {s.encoder!r}")
-        if self.prompt is None:
+        if self.tasks is not None:
+            if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+                raise ValueError(f"model.tasks must list distinct tasks, got {self.tasks}")
+            for t in self.tasks:
+                if t not in TASKS:
+                    raise ValueError(
+                        f"model.tasks: unknown task {t!r}{did_you_mean(t, TASKS)}; tasks: {list(TASKS)}"
+                    )
+                if not self.task_streams(t):
+                    raise ValueError(
+                        f"model.tasks: {t} reads {list(TASKS[t])}, and no stream reads only those "
+                        f"(streams: { {n: s.inputs for n, s in self.streams.items()} })"
+                    )
+            if self.prompt is not None:
+                raise ValueError(
+                    "a multi-task model has one prompt per task: set model.task_prompts, not model.prompt"
+                )
+            bad = set(self.task_prompts or {}) - set(self.tasks)
+            if bad:
+                raise ValueError(f"model.task_prompts: {sorted(bad)} are not among model.tasks {self.tasks}")
+        elif self.task_prompts:
+            raise ValueError("model.task_prompts needs model.tasks (a single-task model uses model.prompt)")
+        if self.prompt is None and self.tasks is None:
             self.prompt = PROMPTS[frozenset(self.modalities)]
+        lora = self.llm.lora
+        if lora is not None and lora.strategy != "shared":
+            if "task" in lora.specific_to and len(self.task_names) < 2:
+                raise ValueError(
+                    f"llm.lora.specific_to={lora.specific_to} needs several model.tasks (this model has "
+                    f"{self.task_names})"
+                )
+            if "rates" in lora.specific_to and not self.multi_rate:
+                raise ValueError(
+                    f"llm.lora.specific_to={lora.specific_to} needs a stream with several compression ratios"
+                )
 
     @property
     def modalities(self) -> list[str]:
         """Batch fields the model reads, in canonical order."""
         used = {m for s in self.streams.values() for m in s.inputs}
         return [m for m in MODALITIES if m in used]
+
+    # -- tasks and rates (Omni-AVSR / Llama-MTSK) -------------------------------------------------
+
+    @property
+    def multi_task(self) -> bool:
+        return self.tasks is not None and len(self.tasks) > 1
+
+    @property
+    def multi_rate(self) -> bool:
+        return any(len(s.compression.rates) > 1 for s in self.streams.values())
+
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks the model serves: ``model.tasks``, or the one task of all its streams."""
+        if self.tasks is not None:
+            return list(self.tasks)
+        try:
+            return [task_of(self.modalities)]
+        except ValueError:  # pragma: no cover - every modality subset is a task
+            return []
+
+    @property
+    def default_task(self) -> str:
+        """The task that uses the most streams (AVSR for an audio-visual model)."""
+        return max(self.task_names, key=lambda t: len(self.task_streams(t)))
+
+    def task_streams(self, task: str | None) -> list[str]:
+        """Streams a task uses, in config order (all of them for ``None`` or a single-task model)."""
+        if task is None or self.tasks is None:
+            return list(self.streams)
+        mods = set(TASKS[task])
+        return [n for n, s in self.streams.items() if set(s.inputs) <= mods]
+
+    def prompt_for(self, task: str | None) -> str:
+        if self.tasks is None or task is None:
+            return self.prompt if self.prompt is not None else PROMPTS[frozenset(self.modalities)]
+        return (self.task_prompts or {}).get(task) or PROMPTS[frozenset(TASKS[task])]
+
+    def default_rates(self, task: str | None = None) -> dict[str, int]:
+        return {n: self.streams[n].compression.ratio for n in self.task_streams(task)}
+
+    def rate_combinations(self, task: str | None = None) -> list[dict[str, int]]:
+        """Every combination of the rates of a task's streams, e.g. audio {4, 16} × video {2, 5}."""
+        combos: list[dict[str, int]] = [{}]
+        for n in self.task_streams(task):
+            combos = [{**c, n: k} for c in combos for k in self.streams[n].compression.rates]
+        return combos
+
+    def check_task(self, task: str | None) -> str:
+        """The task to run (``None`` → the default); a clear error for one the model was not trained on."""
+        if task is None:
+            return self.default_task
+        if task not in self.task_names:
+            raise ValueError(f"task {task!r}: this model was trained for {self.task_names}")
+        return task
+
+    def check_rates(self, rates: dict[str, int] | None, task: str | None = None) -> dict[str, int]:
+        """Rates for a task's streams: the given ones over the defaults; a clear error for a stream the
+        task does not use or a rate the stream was not trained at."""
+        out = self.default_rates(task)
+        for name, k in (rates or {}).items():
+            if name not in self.streams:
+                raise ValueError(
+                    f"rates: unknown stream {name!r}; this model's streams: {list(self.streams)}"
+                )
+            trained = self.streams[name].compression.rates
+            if int(k) not in trained:
+                raise ValueError(f"rates: stream {name!r} was trained at rates {trained}, not {k}")
+            if name in out:
+                out[name] = int(k)
+        return out
+
+    def adapters_for(self, task: str | None, rates: dict[str, int]) -> list[str]:
+        """The LLM LoRA adapters active for a task at these rates (``llm.lora.strategy``)."""
+        lora = self.llm.lora
+        if lora is None:
+            return []
+        if lora.strategy == "shared":
+            return [SHARED_ADAPTER]
+        task = task or self.default_task
+        key = {"task": task, "rates": rates_key(rates), "task+rates": f"{task}_{rates_key(rates)}"}[
+            lora.specific_to
+        ]
+        return ([SHARED_ADAPTER] if lora.strategy == "shared+specific" else []) + [key]
+
+    def all_adapters(self) -> list[str]:
+        """Every LoRA adapter the model holds, shared first."""
+        names: list[str] = []
+        for t in self.task_names:
+            for r in self.rate_combinations(t):
+                for a in self.adapters_for(t, r):
+                    if a not in names:
+                        names.append(a)
+        return names
 
 
 # --------------------------------------------------------------------------------------------------

@@ -91,6 +91,12 @@ class TrainConfig:
         temporary linear head at the encoder's own frame rate (25 Hz for video: ~8 frames per transcript
         token instead of ~1.6 after a stack of 5, so CTC can align from scratch), after which the
         projector is fitted on the encoder's features as for a frozen stream, for ``ctc_warmup_epochs``.
+    task_sampling: for a multi-task model (``model.tasks``): ``batch`` — one task per batch;
+        ``utterance`` — one per utterance; ``all`` — every task on every utterance (Omni-AVSR), weighted
+        by ``task_weights`` (``training/objective.py``).
+    task_weights: relative weight (probability when drawn) of each task; default equal.
+    rate_sampling: for streams with several compression ``ratios``: ``all`` — the loss at every rate
+        combination each step (Llama-MTSK); ``sample`` — one combination drawn per step (cheaper).
     """
 
     out_dir: str = "runs/exp"
@@ -129,8 +135,19 @@ class TrainConfig:
     ctc_warmup_batch_size: int = 16
     ctc_warmup_streams: list[str] | dict[str, float] | None = None
     ctc_warmup_rate: str = "stream"
+    task_sampling: str = "batch"
+    task_weights: dict[str, float] | None = None
+    rate_sampling: str = "all"
 
     def __post_init__(self) -> None:
+        if self.task_sampling not in ("batch", "utterance", "all"):
+            raise ValueError(
+                f"train.task_sampling must be 'batch', 'utterance' or 'all', got {self.task_sampling!r}"
+            )
+        if self.rate_sampling not in ("all", "sample"):
+            raise ValueError(f"train.rate_sampling must be 'all' or 'sample', got {self.rate_sampling!r}")
+        if self.task_weights is not None and any(v < 0 for v in self.task_weights.values()):
+            raise ValueError("train.task_weights must be >= 0")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(
                 f"train.max_steps={self.max_steps} trains nothing: give a positive number of optimiser "
@@ -225,6 +242,18 @@ class ExperimentConfig:
     decode: DecodingOptions = field(default_factory=DecodingOptions)
 
     def __post_init__(self) -> None:
+        m, t = self.model, self.train
+        if t.task_weights is not None:
+            bad = set(t.task_weights) - set(m.task_names)
+            if bad or not any(t.task_weights.get(k, 1.0) > 0 for k in m.task_names):
+                raise ValueError(
+                    f"train.task_weights: {sorted(bad) or 'all zero'}; the model's tasks are {m.task_names}"
+                )
+        if t.ctc_warmup and m.multi_rate:
+            raise ValueError(
+                "train.ctc_warmup_* is not available for streams with several compression ratios yet "
+                "(set train.ctc_warmup_epochs=0)"
+            )
         if self.train.select == "best_val_wer":
             if self.data.val_csv is None:
                 raise ValueError("train.select=best_val_wer needs a validation split: set data.val_csv")

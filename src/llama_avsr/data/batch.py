@@ -39,6 +39,18 @@ class Batch:
             target_ids=None if self.target_ids is None else mv(self.target_ids),
         )
 
+    def select(self, rows: list[int]) -> Batch:
+        """The sub-batch of these rows (padding beyond the longest selected item kept)."""
+        index = torch.tensor(rows, dtype=torch.long)
+        pick = lambda t: t.index_select(0, index.to(t.device))  # noqa: E731
+        return Batch(
+            ids=[self.ids[i] for i in rows],
+            texts=[self.texts[i] for i in rows],
+            inputs={k: pick(v) for k, v in self.inputs.items()},
+            lengths={k: pick(v) for k, v in self.lengths.items()},
+            target_ids=None if self.target_ids is None else pick(self.target_ids),
+        )
+
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True) so host→GPU copies can be asynchronous."""
         return Batch(

@@ -28,11 +28,14 @@ class Hypothesis:
     tokens: new tokens generated, EOS excluded.
     finished: the search ended on EOS; ``False`` means it stopped at ``max_new_tokens`` and the text
         may be cut short.
+    media_tokens: LLM input positions that held audio / video features (the cost of the compression
+        rate; delimiters and prompt not counted).
     """
 
     text: str
     tokens: int
     finished: bool
+    media_tokens: int = 0
 
 
 def inference_autocast(model: AVSRModel) -> contextlib.AbstractContextManager:
@@ -46,11 +49,23 @@ def inference_autocast(model: AVSRModel) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def decode(model: AVSRModel, batch: Batch, options: DecodingOptions | None = None) -> list[Hypothesis]:
-    """Deterministic batched beam search (``do_sample=False``) with KV cache → one hypothesis per sample."""
+def decode(
+    model: AVSRModel,
+    batch: Batch,
+    options: DecodingOptions | None = None,
+    task: str | None = None,
+    rates: dict[str, int] | None = None,
+) -> list[Hypothesis]:
+    """Deterministic batched beam search (``do_sample=False``) with KV cache → one hypothesis per sample.
+
+    task, rates: for a multi-task / multi-rate model, the task (``asr``, ``vsr``, ``avsr``) and the
+    compression rate per stream (``{"audio": 16}``); defaults: the model's (``ModelConfig.check_task``,
+    ``check_rates``). A task or rate the model was not trained for is a ``ValueError``.
+    """
     options = options or DecodingOptions()
     with inference_autocast(model):
-        seq = model.prepare(batch, with_targets=False)
+        seq = model.prepare(batch, with_targets=False, task=task, rates=rates)
+        media = (seq.stream_index >= 0).sum(1).tolist()
         gen = GenerationConfig(
             num_beams=options.num_beams,
             max_new_tokens=options.max_new_tokens,
@@ -71,17 +86,38 @@ def decode(model: AVSRModel, batch: Batch, options: DecodingOptions | None = Non
             )
     texts = [t.strip() for t in model.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     out = []
-    for row, text in zip(ids.tolist(), texts, strict=True):
+    for row, text, m in zip(ids.tolist(), texts, media, strict=True):
         eos = row.index(model.ids.eos) if model.ids.eos in row else None
         body = row[:eos] if eos is not None else row
         n = sum(t != model.ids.pad for t in body)
-        out.append(Hypothesis(text, n, eos is not None or n < options.max_new_tokens))
+        out.append(Hypothesis(text, n, eos is not None or n < options.max_new_tokens, int(m)))
     return out
 
 
-def generate(model: AVSRModel, batch: Batch, options: DecodingOptions | None = None) -> list[str]:
+def generate(
+    model: AVSRModel,
+    batch: Batch,
+    options: DecodingOptions | None = None,
+    task: str | None = None,
+    rates: dict[str, int] | None = None,
+) -> list[str]:
     """:func:`decode`, texts only."""
-    return [h.text for h in decode(model, batch, options)]
+    return [h.text for h in decode(model, batch, options, task, rates)]
+
+
+def parse_rates(text: str | dict[str, int] | None) -> dict[str, int] | None:
+    """``"audio=16,video=5"`` → ``{"audio": 16, "video": 5}`` (a dict or ``None`` passes through)."""
+    if text is None or isinstance(text, dict):
+        return text
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, eq, k = part.partition("=")
+        if not eq or not k.strip().isdigit():
+            raise ValueError(f"rates {text!r}: give stream=rate pairs, e.g. audio=16,video=5")
+        out[name.strip()] = int(k)
+    return out
 
 
 def _generate_prefilled(model: AVSRModel, seq: Sequences, gen: GenerationConfig) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llama_avsr.config import TASKS, task_of
 from llama_avsr.data.collate import Collator
 from llama_avsr.data.transforms import build_transforms
 from llama_avsr.decoding.media import (
@@ -34,7 +35,7 @@ from llama_avsr.decoding.media import (
     as_media,
 )
 from llama_avsr.decoding.options import DecodingOptions
-from llama_avsr.decoding.search import Hypothesis, decode
+from llama_avsr.decoding.search import Hypothesis, decode, parse_rates
 from llama_avsr.decoding.segment import FRAME, plan_segments, quietest_between
 from llama_avsr.decoding.streams import blank_streams, check_streams
 from llama_avsr.devices import resolve_device
@@ -109,6 +110,10 @@ class _Piece:
     end: float
     sample: dict[str, Any]
     depth: int = 0
+    #: the task this input is decoded as (multi-task models; ``None``: the model's one task)
+    task: str | None = None
+    #: the modalities this input is decoded with (the others are blanked or unused)
+    keep: tuple[str, ...] = ()
 
     @property
     def length(self) -> int:
@@ -178,6 +183,8 @@ class Transcriber:
         prepared: bool | None = None,
         detector: str = "mediapipe-mesh",
         progress: bool = False,
+        task: str | None = None,
+        rates: dict[str, int] | str | None = None,
     ) -> Result | list[Result]:
         """Transcribe one input or a list of inputs.
 
@@ -192,19 +199,41 @@ class Transcriber:
             says otherwise; at most the audio encoder's window).
         vad: ``auto`` (Silero when installed, else energy), ``silero`` or ``energy``.
         prepared, detector: how video files are read (see :func:`~llama_avsr.decoding.media.load_media`).
+        task: for a multi-task model (``tasks``): ``asr``, ``vsr`` or ``avsr``; default: decided per input
+            by the streams it has (``streams`` when given), the model's fullest task when it has all.
+        rates: for a multi-rate model, the compression rate per stream (``{"audio": 16, "video": 5}`` or
+            ``"audio=16,video=5"``): fewer LLM tokens, faster, usually less accurate; default: each
+            stream's ``ratio``. A rate the model was not trained at is a ``ValueError``.
         """
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
         options = self.options(beams, max_new_tokens, batch_size, length_penalty, max_segment_seconds)
-        keep = check_streams(streams, self.modalities)
+        rates = parse_rates(rates)
+        cfg = self.model.cfg
+        if cfg.tasks is None:
+            if task is not None:
+                cfg.check_task(task)
+            keep = check_streams(streams, self.modalities)
+            needed: tuple[str, ...] | None = self.needed(keep)
+        else:
+            if task is None and streams is not None:
+                task = task_of(check_streams(streams, self.modalities))
+            if task is not None:
+                cfg.check_task(task)
+            needed = TASKS[task] if task is not None else None
+        cfg.check_rates(rates)
         max_seg = self._max_segment(options.max_segment_seconds)
-        medias = [as_media(x, self.needed(keep), prepared=prepared, detector=detector) for x in items]
+        medias = [as_media(x, needed, prepared=prepared, detector=detector) for x in items]
         data = dataclasses.replace(self.exp.data, decode_snr_target=snr)
         transforms = build_transforms("test", self.modalities, data)
 
         pieces: list[_Piece] = []
         warnings: list[list[str]] = [[] for _ in medias]
         for i, m in enumerate(medias):
+            m_task = None
+            if cfg.tasks is not None:
+                m_task = task if task is not None else self.task_for(m)
+                keep = TASKS[m_task]
             audio, video = self._aligned(m, keep)
             # voice-activity detection on the audio the model hears; blanked audio: equal pieces
             heard = audio if "audio" in keep else None
@@ -215,8 +244,8 @@ class Transcriber:
             for start, end in segments:
                 whole = (start, end) == (0.0, m.duration)
                 sample = self._sample(m.name, audio, video, start, end, whole, transforms)
-                pieces.append(_Piece(i, start, end, sample))
-        done = self._decode(pieces, medias, options, keep, transforms, warnings, progress)
+                pieces.append(_Piece(i, start, end, sample, task=m_task, keep=tuple(keep)))
+        done = self._decode(pieces, medias, options, transforms, warnings, progress, rates)
 
         results = []
         for i, m in enumerate(medias):
@@ -227,6 +256,21 @@ class Transcriber:
             text = " ".join(s.text for s in segs if s.text)
             results.append(Result(text, segs, m.duration, m.name, warnings[i]))
         return results[0] if single else results
+
+    def task_for(self, m: Media) -> str:
+        """The task of a multi-task model for an input: the one that reads what the input has."""
+        have = [
+            k for k, v in (("audio", m.audio), ("video", m.video)) if v is not None and k in self.modalities
+        ]
+        tasks = self.model.cfg.task_names
+        if set(have) == set(self.modalities):
+            return self.model.cfg.default_task
+        t = task_of(have) if have else None
+        if t not in tasks:
+            raise ValueError(
+                f"{m.name}: the input has {have or 'no usable stream'}; this model's tasks are {tasks}"
+            )
+        return t
 
     def needed(self, keep: Sequence[str]) -> tuple[str, ...]:
         """The modalities an input must have when only ``keep`` are used (the others are blanked)."""
@@ -278,19 +322,26 @@ class Transcriber:
         return sample
 
     def _decode(
-        self, pieces, medias, options, keep, transforms, warnings, progress
+        self, pieces, medias, options, transforms, warnings, progress, rates=None
     ) -> list[tuple[_Piece, Hypothesis]]:
-        """Decode pieces in length-sorted batches; split and redo those that reach ``max_new_tokens``."""
+        """Decode pieces in length-sorted batches of one task each; split and redo those that reach
+        ``max_new_tokens``."""
         from tqdm import tqdm
 
+        order = lambda p: (p.task or "", p.length)  # noqa: E731
         done: list[tuple[_Piece, Hypothesis]] = []
-        todo = sorted(pieces, key=lambda p: p.length)
+        todo = sorted(pieces, key=order)
         bar = tqdm(total=len(todo), unit="seg", desc="transcribing", disable=not progress)
         while todo:
-            batch_pieces, todo = todo[: options.batch_size], todo[options.batch_size :]
+            first = todo[0]
+            same = [p for p in todo if p.task == first.task and p.keep == first.keep][: options.batch_size]
+            chosen = {id(p) for p in same}
+            batch_pieces, todo = same, [p for p in todo if id(p) not in chosen]
+            keep = first.keep
             batch = blank_streams(self.collate([p.sample for p in batch_pieces]), keep).to(self.device)
             again: list[_Piece] = []
-            for p, h in zip(batch_pieces, decode(self.model, batch, options), strict=True):
+            hyps = decode(self.model, batch, options, first.task, rates)
+            for p, h in zip(batch_pieces, hyps, strict=True):
                 m = medias[p.item]
                 long_form = (p.start, p.end) != (0.0, m.duration) or p.depth
                 if not h.finished and long_form and p.end - p.start >= 2 * MIN_SPLIT_SECONDS:
@@ -307,7 +358,7 @@ class Transcriber:
                 done.append((p, h))
             bar.update(len(batch_pieces))
             if again:
-                todo = sorted(todo + again, key=lambda p: p.length)
+                todo = sorted(todo + again, key=order)
         bar.close()
         return done
 
@@ -322,6 +373,14 @@ class Transcriber:
         cut = min(max(cut, p.start + MIN_SPLIT_SECONDS), p.end - MIN_SPLIT_SECONDS)
         cut = round(round(cut / FRAME) * FRAME, 3)
         return [
-            _Piece(p.item, s, e, self._sample(m.name, audio, video, s, e, False, transforms), p.depth + 1)
+            _Piece(
+                p.item,
+                s,
+                e,
+                self._sample(m.name, audio, video, s, e, False, transforms),
+                p.depth + 1,
+                p.task,
+                p.keep,
+            )
             for s, e in ((p.start, cut), (cut, p.end))
         ]

@@ -24,7 +24,15 @@ from llama_avsr.io import atomic_write_bytes
 from llama_avsr.models.compression import build_compressor
 from llama_avsr.models.encoders import build_encoder
 from llama_avsr.models.feature_cache import FeatureCache
-from llama_avsr.models.llm import TokenIds, apply_lora, base_causal_lm, load_llm, load_tokenizer, token_ids
+from llama_avsr.models.llm import (
+    TokenIds,
+    activate_adapters,
+    apply_lora,
+    base_causal_lm,
+    load_llm,
+    load_tokenizer,
+    token_ids,
+)
 from llama_avsr.models.projector import Projector
 from llama_avsr.models.splice import Sequences, StreamFeatures, build_sequences
 
@@ -74,23 +82,41 @@ class AVSRModel(nn.Module):
 
         llm = load_llm(cfg.llm, len(self.tokenizer) if self.tokenizer is not None else None, meta=meta)
         self.hidden_size = llm.get_input_embeddings().embedding_dim
-        self.llm = apply_lora(llm, cfg.llm.lora) if cfg.llm.lora is not None else llm
+        self.llm = apply_lora(llm, cfg.llm.lora, cfg.all_adapters()) if cfg.llm.lora is not None else llm
+        self._active_adapters: list[str] | None = None
         # HF cuts the last position out of the final hidden states before the output layer: a
         # non-contiguous (B, 1, H) view, for which CPU matmul copies the vocabulary matrix once per row
         # (seconds for a beam-search prefill of 64 rows); a contiguous input takes the plain GEMM path
         base_causal_lm(self.llm).get_output_embeddings().register_forward_pre_hook(_contiguous_input)
 
+        # one compressor per stream and rate; one projector per stream, or per stream and rate for a
+        # Matryoshka stream (``projectors.<stream>.x<k>.*``) unless it shares one across its rates
         self.compressors = nn.ModuleDict()
         self.projectors = nn.ModuleDict()
         for name, scfg in cfg.streams.items():
-            comp = build_compressor(scfg.compression)
-            dim_in = comp.output_dim(self.encoders[scfg.encoder].output_dim)
-            self.compressors[name] = comp
+            rates = scfg.compression.rates
+            comps = {k: build_compressor(dataclasses.replace(scfg.compression, ratio=k)) for k in rates}
+            self.compressors[name] = nn.ModuleDict({f"x{k}": c for k, c in comps.items()})
+            dim_out = self.encoders[scfg.encoder].output_dim
             with torch.device("meta") if meta else contextlib.nullcontext():
-                self.projectors[name] = Projector(dim_in, self.hidden_size, scfg.projector)
-        self._prompt_ids = (
-            self.tokenizer(cfg.prompt, add_special_tokens=False)["input_ids"] if self.tokenizer else []
-        )
+                if len(rates) == 1 or scfg.projector.shared_across_rates:
+                    dim_in = comps[scfg.compression.ratio].output_dim(dim_out)
+                    self.projectors[name] = Projector(dim_in, self.hidden_size, scfg.projector)
+                else:
+                    self.projectors[name] = nn.ModuleDict(
+                        {
+                            f"x{k}": Projector(c.output_dim(dim_out), self.hidden_size, scfg.projector)
+                            for k, c in comps.items()
+                        }
+                    )
+        self._prompt_ids = {
+            t: (
+                self.tokenizer(cfg.prompt_for(t), add_special_tokens=False)["input_ids"]
+                if self.tokenizer
+                else []
+            )
+            for t in [None, *cfg.task_names]
+        }
         self._configure_trainable()
 
     # ------------------------------------------------------------------------------------------
@@ -170,20 +196,52 @@ class AVSRModel(nn.Module):
     def device(self) -> torch.device:
         return self.llm.get_input_embeddings().weight.device
 
-    def encode(self, batch: Batch) -> list[StreamFeatures]:
-        """Run every stream: encoder → compressor → projector. Returns per-stream (B, T, H) + lengths."""
+    def projector(self, name: str, rate: int | None = None) -> Projector:
+        """Stream ``name``'s projector at compression ``rate`` (default: the stream's ``ratio``)."""
+        proj = self.projectors[name]
+        if isinstance(proj, nn.ModuleDict):
+            return proj[f"x{rate or self.cfg.streams[name].compression.ratio}"]
+        return proj
+
+    def compressor(self, name: str, rate: int | None = None) -> nn.Module:
+        return self.compressors[name][f"x{rate or self.cfg.streams[name].compression.ratio}"]
+
+    def select(
+        self, task: str | None = None, rates: dict[str, int] | None = None
+    ) -> tuple[str, dict[str, int]]:
+        """Check a task and rates against what the model was trained for and switch the LLM's LoRA
+        adapters to them (``llm.lora.strategy``). Returns the resolved (task, rates)."""
+        task = self.cfg.check_task(task)
+        rates = self.cfg.check_rates(rates, task)
+        adapters = self.cfg.adapters_for(task, rates)
+        if adapters and adapters != self._active_adapters and self.cfg.llm.lora.strategy != "shared":
+            activate_adapters(self.llm, adapters)
+            self._active_adapters = adapters
+        return task, rates
+
+    def encode(
+        self, batch: Batch, task: str | None = None, rates: dict[str, int] | None = None
+    ) -> list[StreamFeatures]:
+        """Run the streams of ``task`` (default: every stream) at ``rates`` (default: each stream's
+        ``ratio``): encoder → compressor → projector. Returns per-stream (B, T, H) + lengths."""
+        rates = rates or {}
         out = []
-        for name, scfg in self.cfg.streams.items():
-            feats, lens = self.stream_features(name, batch)
-            proj = self.projectors[name]
+        for name in self.cfg.task_streams(task):
+            scfg = self.cfg.streams[name]
+            rate = rates.get(name)
+            feats, lens = self.stream_features(name, batch, rate)
+            proj = self.projector(name, rate)
             feats = proj(feats.to(proj[0].weight.dtype))
             begin = self.ids.added[scfg.begin_token] if scfg.begin_token else None
             end = self.ids.added[scfg.end_token] if scfg.end_token else None
             out.append(StreamFeatures(feats, lens, begin, end))
         return out
 
-    def stream_features(self, name: str, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """One stream's encoder → compressor output (B, T, D·ratio) and lengths, before its projector.
+    def stream_features(
+        self, name: str, batch: Batch, rate: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One stream's encoder → compressor output (B, T, D·ratio) and lengths, before its projector,
+        at compression ``rate`` (default: the stream's ``ratio``).
 
         Frozen encoders run without gradients and are served from :attr:`feature_cache` when set."""
         scfg = self.cfg.streams[name]
@@ -197,27 +255,39 @@ class AVSRModel(nn.Module):
                 feats, lens = self.feature_cache.encode(scfg.encoder, enc, cfg, inputs, lengths)
             else:
                 feats, lens = enc(inputs, lengths)
-        return self.compressors[name](feats, lens)
+        return self.compressor(name, rate)(feats, lens)
 
-    def prepare(self, batch: Batch, with_targets: bool) -> Sequences:
+    def prepare(
+        self,
+        batch: Batch,
+        with_targets: bool,
+        task: str | None = None,
+        rates: dict[str, int] | None = None,
+    ) -> Sequences:
+        """The LLM input of ``batch`` for ``task`` at ``rates`` (defaults: the model's; see
+        :meth:`select`), with the task's prompt; the LoRA adapters of that task and rate are switched on."""
         if with_targets and batch.target_ids is None:
             raise ValueError("training needs target_ids in the batch (collate with_targets=True)")
+        task, rates = self.select(task, rates)
         return build_sequences(
             self.llm.get_input_embeddings(),
-            self.encode(batch),
-            self._prompt_ids,
+            self.encode(batch, task if self.cfg.tasks is not None else None, rates),
+            self._prompt_ids[task if self.cfg.tasks is not None else None],
             self.ids.bos,
             self.ids.pad,
             batch.target_ids if with_targets else None,
         )
 
-    def forward(self, batch: Batch) -> AVSROutput:
-        """Loss on transcript tokens only (+ optional sink loss).
+    def forward(
+        self, batch: Batch, task: str | None = None, rates: dict[str, int] | None = None
+    ) -> AVSROutput:
+        """Loss on transcript tokens only (+ optional sink loss), for ``task`` at ``rates`` (defaults:
+        the model's; a multi-task / multi-rate objective combines several calls, ``training/objective.py``).
 
         LM logits are computed only at the positions that predict a transcript token: with a ~50k
         vocabulary the output layer is a large share of the cost and the other positions are unused.
         """
-        seq = self.prepare(batch, with_targets=True)
+        seq = self.prepare(batch, with_targets=True, task=task, rates=rates)
         base = base_causal_lm(self.llm)
         sink = self.cfg.sink_loss_factor > 0
         out = base.get_decoder()(

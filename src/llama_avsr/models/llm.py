@@ -15,7 +15,15 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from llama_avsr.config import PAD_TOKEN, SPECIAL_TOKENS, LLMConfig, LoRAConfig, find_arch, torch_dtype
+from llama_avsr.config import (
+    PAD_TOKEN,
+    SHARED_ADAPTER,
+    SPECIAL_TOKENS,
+    LLMConfig,
+    LoRAConfig,
+    find_arch,
+    torch_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +98,15 @@ def load_llm(cfg: LLMConfig, vocab_size: int | None, meta: bool = False) -> nn.M
     return model
 
 
-def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
+def apply_lora(model: nn.Module, cfg: LoRAConfig, adapters: list[str] | None = None) -> nn.Module:
     """Wrap the LLM with PEFT LoRA with the reference semantics.
 
     r = hidden / reduction; scaling = alpha / reduction, i.e. PEFT ``lora_alpha = scaling · r``.
     PEFT sizes each adapter from its target layer, so v's LoRA output width follows v_proj
     (grouped-query attention).
+
+    adapters: the adapter names (``ModelConfig.all_adapters``: ``default`` for the shared one, a task
+    / rate key for each specific one), all with the same settings; the first is active.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -108,7 +119,21 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_cfg)
+    adapters = adapters or [SHARED_ADAPTER]
+    peft_model = get_peft_model(model, peft_cfg, adapter_name=adapters[0])
+    for name in adapters[1:]:
+        peft_model.add_adapter(name, peft_cfg)
+    return peft_model
+
+
+def activate_adapters(llm: nn.Module, names: list[str]) -> None:
+    """Switch the LLM's active LoRA adapters to ``names`` (their outputs are summed), keeping every
+    adapter's ``requires_grad`` as it was: what trains is decided once, in the model."""
+    grads = {n: p.requires_grad for n, p in llm.named_parameters() if "lora_" in n}
+    llm.base_model.set_adapter(names if len(names) > 1 else names[0])
+    for n, p in llm.named_parameters():
+        if n in grads:
+            p.requires_grad_(grads[n])
 
 
 def base_causal_lm(llm: nn.Module) -> Any:

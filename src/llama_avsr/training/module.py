@@ -41,6 +41,7 @@ from llama_avsr.evaluation.metrics import ErrorCounts, word_errors
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.training.config import ExperimentConfig
 from llama_avsr.training.distributed import clean_name, trainable_keys
+from llama_avsr.training.objective import objective, plan, step_rng
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class AVSRLightning(L.LightningModule):
         skipped = getattr(batch, "skipped", None)
         if skipped:
             log.warning("skipped %d unreadable item(s) in this batch: %s", len(skipped), skipped)
-        out = self.model(batch) if len(batch) else None
+        out = self._loss(batch, batch_idx) if len(batch) else None
         if out is not None and int(out.n_tokens) != target_tokens(batch):
             raise RuntimeError(f"loss over {int(out.n_tokens)} tokens, expected {target_tokens(batch)}")
         lm_sum = out.lm_loss_sum.detach() if out is not None else torch.zeros((), device=self.device)
@@ -237,6 +238,18 @@ class AVSRLightning(L.LightningModule):
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches / max(float(stats[2]), 1.0)
         return out.lm_loss_sum * scale + out.sink_loss
 
+    def _loss(self, batch: Batch, batch_idx: int, validation: bool = False):
+        """The model's loss; for a multi-task / multi-rate model the objective of
+        ``training/objective.py`` (validation: every task at every rate combination, no draws)."""
+        cfg = self.model.cfg
+        if not (cfg.multi_task or cfg.multi_rate):
+            return self.model(batch)
+        t = self.exp.train
+        rng = step_rng(t.seed, self.current_epoch, batch_idx, self.global_rank)
+        sampling = ("all", "all") if validation else (t.task_sampling, t.rate_sampling)
+        passes = plan(self.model, len(batch), *sampling, t.task_weights, rng)
+        return objective(self.model, batch, passes)
+
     def _window_ends(self, batch_idx: int) -> bool:
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
         last = self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
@@ -248,7 +261,7 @@ class AVSRLightning(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if len(batch) == 0:
             return
-        out = self.model(batch)
+        out = self._loss(batch, batch_idx, validation=True)
         sampler = getattr(self.trainer.datamodule, "val_sampler", None)
         if sampler is not None and sampler.is_padding(batch_idx):
             return  # a batch repeated to give every rank the same number of steps: counted once
