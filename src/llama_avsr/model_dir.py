@@ -578,6 +578,8 @@ def model_card(
         if lora is not None
         else "no LoRA"
     )
+    if lora is not None and lora.strategy != "shared":
+        lora_text += f", {lora.strategy} adapters by {lora.specific_to}: {', '.join(m.all_adapters())}"
     lines.append(f"- LLM: `{m.llm.source or m.llm.arch}` ({m.llm.dtype}, {lora_text})")
     for name, s in m.streams.items():
         enc = m.encoders[s.encoder]
@@ -586,10 +588,16 @@ def model_card(
             state += " + LoRA"
         lines.append(
             f"- stream `{name}`: encoder `{enc.kind}` from `{enc.source or enc.arch}` ({state}) on "
-            f"{', '.join(s.inputs)}, {s.compression.kind} ×{s.compression.ratio}, projector {s.projector.hidden}"
+            f"{', '.join(s.inputs)}, {s.compression.kind} ×{'/'.join(map(str, s.compression.rates))}, projector {s.projector.hidden}"
             + (" + LayerNorm" if s.projector.layernorm else "")
         )
-    lines.append(f'- prompt: "{m.prompt}"')
+    if m.tasks is None:
+        lines.append(f'- prompt: "{m.prompt}"')
+    else:
+        lines += [
+            f'- task `{t}`: streams {", ".join(m.task_streams(t))}, prompt "{m.prompt_for(t)}"'
+            for t in m.tasks
+        ]
     d = exp.decode
     lines.append(f"- decoding: beam search, {d.num_beams} beams, up to {d.max_new_tokens} new tokens")
     if model is not None:
@@ -614,6 +622,23 @@ def model_card(
                     )
                 except (KeyError, TypeError):
                     lines.append(f"| {snr} | {r} | | |")
+            lines.append("")
+        elif isinstance(ev, dict) and isinstance(ev.get("grid"), list):
+            lines += [
+                "Every task at every compression rate (clean unless noted):",
+                "",
+                "| task and rates | SNR (dB) | WER % | media tokens / s | prefill GFLOPs / utt |",
+                "|---|---|---|---|---|",
+            ]
+            for g in ev["grid"]:
+                for snr, r in g.get("by_snr", {}).items():
+                    try:
+                        lines.append(
+                            f"| {g.get('label', '?')} | {snr} | {100 * r['wer']:.2f} | "
+                            f"{r.get('llm_media_tokens_per_second', '')} | {r.get('llm_prefill_gflops_per_utterance', '')} |"
+                        )
+                    except (KeyError, TypeError):
+                        lines.append(f"| {g.get('label', '?')} | {snr} | {r} | | |")
             lines.append("")
         elif ev is not None:
             rest["evaluation"] = ev

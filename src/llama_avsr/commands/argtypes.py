@@ -32,3 +32,16 @@ def snr_list(text: str) -> str:
                 f"{p!r} is not an SNR: give numbers in dB or 'clean', e.g. clean,10,5,0,-5"
             ) from None
     return text
+
+
+def rate_map(text: str) -> dict[str, int]:
+    """``audio=16,video=5``: a compression rate per stream (checked against the model later)."""
+    from llama_avsr.decoding.search import parse_rates
+
+    try:
+        rates = parse_rates(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not rates:
+        raise argparse.ArgumentTypeError("give stream=rate pairs, e.g. audio=16,video=5")
+    return rates

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from llama_avsr.commands.argtypes import positive_int, snr_list
+from llama_avsr.commands.argtypes import positive_int, rate_map, snr_list
 
 HELP = "evaluate a model directory: WER/CER (+S/I/D), per-utterance JSONL, SNR sweep table, JSON and plot"
 DESCRIPTION = (
@@ -69,6 +69,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--streams", default=None, help="use only these streams, e.g. audio (the others are blanked)"
     )
     p.add_argument(
+        "--task",
+        choices=("asr", "vsr", "avsr"),
+        default=None,
+        help="multi-task models: the task (default: every task of the model)",
+    )
+    p.add_argument(
+        "--rates",
+        type=rate_map,
+        default=None,
+        help="multi-rate models: compression rate per stream, e.g. audio=16,video=5 (fewer LLM tokens: "
+        "faster, usually less accurate; default: every rate combination)",
+    )
+    p.add_argument(
         "--device", default="auto", help="torch device: auto (a GPU when there is one), cpu, cuda:0, …"
     )
 
@@ -95,12 +108,23 @@ def run(args: argparse.Namespace) -> int:
     dchanges = {"num_beams": args.beams, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}
     dec = dataclasses.replace(dec, **{k: v for k, v in dchanges.items() if v is not None})
     from llama_avsr.commands import resolve_device
-    from llama_avsr.evaluation.report import results_table, speaker_table
+    from llama_avsr.errors import UserError
+    from llama_avsr.evaluation.report import cost_table, results_table, speaker_table
 
-    summary = evaluate_model_dir(
-        args.model, data, args.out, parse_snrs(args.snr), args.split, dec, args.label,
-        resolve_device(args.device), skipped_as_errors=args.score_skipped, streams=args.streams,
-    )  # fmt: skip
+    try:
+        summary = evaluate_model_dir(
+            args.model, data, args.out, parse_snrs(args.snr), args.split, dec, args.label,
+            resolve_device(args.device), skipped_as_errors=args.score_skipped, streams=args.streams,
+            task=args.task, rates=args.rates,
+        )  # fmt: skip
+    except ValueError as e:
+        if "task" in str(e) or "rates" in str(e):
+            raise UserError(str(e)) from e
+        raise
+    if "grid" in summary:  # a multi-task / multi-rate model: every task x rate, with its cost
+        print(results_table({g["label"]: g["by_snr"] for g in summary["grid"]}))  # noqa: T201
+        print("\n" + cost_table(summary["grid"]))  # noqa: T201
+        return 0
     print(speaker_table(summary["by_snr"]) + "\n")  # noqa: T201
     print(results_table({summary["label"]: summary["by_snr"]}))  # noqa: T201
     return 0

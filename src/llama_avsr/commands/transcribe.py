@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from llama_avsr.commands.argtypes import positive_int
+from llama_avsr.commands.argtypes import positive_int, rate_map
 
 HELP = "transcribe videos or audio files (files, folders, globs) with a trained model"
 DESCRIPTION = (
@@ -23,6 +23,7 @@ EXAMPLES = """\
 llama-avsr transcribe --model runs/paper-avsr/model my_video.mp4 interview.mp4
 llama-avsr transcribe --model runs/demo-asr/model speech.wav --json
 llama-avsr transcribe --model runs/exp/model videos/ 'more/*.mp4' --output-dir subs --output-format srt,vtt
+llama-avsr transcribe --model runs/demo-omni/model talk.mp4 --task vsr --rates video=5
 """
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--streams", default=None, help="use only these streams, e.g. audio (the others are blanked)"
     )
     p.add_argument(
+        "--task",
+        choices=("asr", "vsr", "avsr"),
+        default=None,
+        help="multi-task models: the task (default: decided by the streams each file has)",
+    )
+    p.add_argument(
+        "--rates",
+        type=rate_map,
+        default=None,
+        help="multi-rate models: compression rate per stream, e.g. audio=16,video=5 (fewer LLM tokens: "
+        "faster, usually less accurate; default: each stream's configured ratio)",
+    )
+    p.add_argument(
         "--max-segment",
         type=float,
         default=None,
@@ -103,10 +117,12 @@ def expand_inputs(specs: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llama_avsr.config import TASKS
     from llama_avsr.decoding.media import MediaError, load_media
     from llama_avsr.decoding.streams import check_streams
     from llama_avsr.decoding.transcriber import load_model
     from llama_avsr.decoding.writers import parse_formats, write_result
+    from llama_avsr.errors import UserError
 
     formats = parse_formats(args.output_format)
     paths, missing = expand_inputs(args.files)
@@ -118,11 +134,23 @@ def run(args: argparse.Namespace) -> int:
         return 1
     model = load_model(args.model, device=args.device)
     keep = check_streams(args.streams, model.modalities)
+    cfg = model.model.cfg
+    try:
+        if args.task is not None:
+            cfg.check_task(args.task)
+        cfg.check_rates(args.rates)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    # a multi-task model reads what each file has (its task follows), unless told the task or streams
+    multi = cfg.tasks is not None and args.streams is None
+    needed = (TASKS[args.task] if args.task else None) if multi else model.needed(keep)
     options = {
         "beams": args.beams,
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
-        "streams": keep,
+        "streams": None if multi else keep,
+        "task": args.task,
+        "rates": args.rates,
         "snr": args.snr,
         "max_segment_seconds": args.max_segment,
         "vad": args.vad,
@@ -134,9 +162,7 @@ def run(args: argparse.Namespace) -> int:
         medias = []
         for path in paths[i : i + group]:
             try:
-                medias.append(
-                    load_media(path, model.needed(keep), prepared=args.prepared, detector=args.detector)
-                )
+                medias.append(load_media(path, needed, prepared=args.prepared, detector=args.detector))
             except (MediaError, OSError) as e:
                 failures += 1
                 _report_error(args, str(path), str(e))

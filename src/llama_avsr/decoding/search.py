@@ -36,6 +36,8 @@ class Hypothesis:
     tokens: int
     finished: bool
     media_tokens: int = 0
+    #: LLM input positions before the first generated token (BOS, media, delimiters, prompt)
+    input_tokens: int = 0
 
 
 def inference_autocast(model: AVSRModel) -> contextlib.AbstractContextManager:
@@ -66,6 +68,7 @@ def decode(
     with inference_autocast(model):
         seq = model.prepare(batch, with_targets=False, task=task, rates=rates)
         media = (seq.stream_index >= 0).sum(1).tolist()
+        inputs = seq.attention_mask.sum(1).tolist()
         gen = GenerationConfig(
             num_beams=options.num_beams,
             max_new_tokens=options.max_new_tokens,
@@ -86,11 +89,11 @@ def decode(
             )
     texts = [t.strip() for t in model.tokenizer.batch_decode(ids, skip_special_tokens=True)]
     out = []
-    for row, text, m in zip(ids.tolist(), texts, media, strict=True):
+    for row, text, m, k in zip(ids.tolist(), texts, media, inputs, strict=True):
         eos = row.index(model.ids.eos) if model.ids.eos in row else None
         body = row[:eos] if eos is not None else row
         n = sum(t != model.ids.pad for t in body)
-        out.append(Hypothesis(text, n, eos is not None or n < options.max_new_tokens, int(m)))
+        out.append(Hypothesis(text, n, eos is not None or n < options.max_new_tokens, int(m), int(k)))
     return out
 
 

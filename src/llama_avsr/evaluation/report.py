@@ -130,8 +130,9 @@ def _pct(r: Mapping[str, Any] | None) -> str:
 def results_table(by_label: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     """One row per (model, SNR): WER over all items, on voices seen in training and on held-out voices,
     CER, S/I/D, reference words, skipped items and decoding speed."""
+    w = max([14, *(len(str(k)) for k in by_label)])
     head = (
-        f"{'model':<14} {'SNR dB':>7} {'WER %':>7} {'seen %':>7} {'held-out %':>10} {'CER %':>7} "
+        f"{'model':<{w}} {'SNR dB':>7} {'WER %':>7} {'seen %':>7} {'held-out %':>10} {'CER %':>7} "
         f"{'sub':>5} {'ins':>5} {'del':>5} {'words':>6} {'skipped':>7} {'utt/s':>7}"
     )
     lines = [head, "-" * len(head)]
@@ -142,7 +143,7 @@ def results_table(by_label: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> st
             skipped = r.get("skipped", 0)
             scored |= bool(skipped and r.get("skipped_scored"))
             lines.append(
-                f"{label:<14} {snr:>7} {_pct(r):>7} {_pct(groups.get('seen')):>7} "
+                f"{label:<{w}} {snr:>7} {_pct(r):>7} {_pct(groups.get('seen')):>7} "
                 f"{_pct(groups.get('held_out')):>10} {100 * r['cer']:>7.2f} {r['wer_sub']:>5} "
                 f"{r['wer_ins']:>5} {r['wer_del']:>5} {r['wer_ref']:>6} {skipped:>7} "
                 f"{r.get('utterances_per_second', float('nan')):>7.2f}"
@@ -150,6 +151,31 @@ def results_table(by_label: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> st
     lines.append(
         "seen = voices heard in training, held-out = voices never heard in training; "
         + ("skipped items are scored as full errors" if scored else "skipped items are not in the WER")
+    )
+    return "\n".join(lines)
+
+
+def cost_table(grid: list[Mapping[str, Any]]) -> str:
+    """The cost side of each task × rate of a multi-rate model: WER beside the media tokens the LLM reads
+    per second of media, its input tokens and prefill FLOPs per utterance, and decoding speed."""
+    w = max([16, *(len(str(g.get("label", ""))) for g in grid)])
+    head = (
+        f"{'task and rates':<{w}} {'SNR dB':>7} {'WER %':>7} {'tokens/s media':>14} "
+        f"{'tokens/utt':>10} {'GFLOPs/utt':>10} {'utt/s':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for g in grid:
+        for snr, r in g.get("by_snr", {}).items():
+            lines.append(
+                f"{g.get('label', '?'):<{w}} {snr:>7} {_pct(r):>7} "
+                f"{r.get('llm_media_tokens_per_second', float('nan')):>14.2f} "
+                f"{r.get('llm_input_tokens_per_utterance', float('nan')):>10.1f} "
+                f"{r.get('llm_prefill_gflops_per_utterance', float('nan')):>10.3f} "
+                f"{r.get('utterances_per_second', float('nan')):>7.2f}"
+            )
+    lines.append(
+        "tokens/s media = audio/video tokens the LLM reads per second of input; GFLOPs/utt = 2 x LLM "
+        "decoder parameters x input tokens (prefill, attention not counted)"
     )
     return "\n".join(lines)
 

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from llama_avsr.config import TASKS, rates_key
 from llama_avsr.data.collate import Collator
 from llama_avsr.data.config import DataConfig
 from llama_avsr.data.dataset import build_dataloader, load_split
 from llama_avsr.decoding.options import DecodingOptions
-from llama_avsr.decoding.search import generate
+from llama_avsr.decoding.search import decode
 from llama_avsr.decoding.streams import blank_streams, check_streams
 from llama_avsr.evaluation import report
 from llama_avsr.evaluation.metrics import char_errors, word_errors
@@ -56,15 +57,20 @@ def decode_split(
     device: torch.device | str | None = None,
     desc: str = "decoding",
     streams: Sequence[str] | None = None,
+    task: str | None = None,
+    rates: dict[str, int] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Transcribe a split in length-sorted batches. Returns per-utterance records and speed figures.
+    """Transcribe a split in length-sorted batches. Returns per-utterance records and speed figures,
+    with the cost side: media tokens the LLM reads per second of media and the LLM's prefill FLOPs per
+    utterance (2 · non-embedding parameters · input tokens, attention not counted).
 
     streams: use only these of the model's streams; the others are blanked (``decoding/streams.py``).
+    task, rates: a multi-task / multi-rate model's task and compression rates (default: the model's).
     """
     options = options or DecodingOptions()
     device = device or model.device
     mods = model.cfg.modalities
-    keep = check_streams(streams, mods)
+    keep = check_streams(streams, mods) if model.cfg.tasks is None or task is None else TASKS[task]
     loader = build_dataloader(
         load_split(data, split),
         # decoding batches hold `batch_size` utterances of similar length; the training frame budget
@@ -79,12 +85,16 @@ def decode_split(
     media_seconds = 0.0
     start = time.time()
     skipped: list[str] = []
+    media_tokens = input_tokens = 0
     with tqdm(total=len(loader.dataset), desc=desc, unit="utt") as bar:
         for batch in loader:
             skipped += [str(s) for s in getattr(batch, "skipped", []) or []]
             if len(batch) == 0:
                 continue
-            hyps = generate(model, blank_streams(batch, keep).to(device), options)
+            found = decode(model, blank_streams(batch, keep).to(device), options, task, rates)
+            hyps = [h.text for h in found]
+            media_tokens += sum(h.media_tokens for h in found)
+            input_tokens += sum(h.input_tokens for h in found)
             if "audio" in batch.lengths:
                 secs = (batch.lengths["audio"].float() / SAMPLE_RATE).tolist()
             else:
@@ -112,10 +122,27 @@ def decode_split(
         "decode_seconds": round(elapsed, 2),
         "utterances_per_second": round(len(records) / elapsed, 3) if elapsed else math.inf,
         "real_time_factor": round(elapsed / media_seconds, 4) if media_seconds else math.nan,
+        "llm_media_tokens_per_second": round(media_tokens / media_seconds, 3) if media_seconds else math.nan,
+        "llm_input_tokens_per_utterance": round(input_tokens / len(records), 2) if records else math.nan,
+        "llm_prefill_gflops_per_utterance": (
+            round(2 * llm_matmul_params(model) * input_tokens / len(records) / 1e9, 3)
+            if records
+            else math.nan
+        ),
     }
     if skipped:
         log.warning("skipped %d unreadable item(s): %s", len(skipped), skipped[:5])
     return records, speed
+
+
+def llm_matmul_params(model: AVSRModel) -> int:
+    """Parameters the LLM multiplies each input token with (its decoder layers' weights; the
+    embedding lookup is free and the output layer is only run where a token is generated)."""
+    from llama_avsr.models.llm import base_causal_lm
+
+    decoder = base_causal_lm(model.llm).get_decoder()
+    embed = decoder.get_input_embeddings()
+    return sum(p.numel() for p in decoder.parameters()) - sum(p.numel() for p in embed.parameters())
 
 
 def score(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,6 +161,8 @@ def evaluate(
     label: str = "model",
     skipped_as_errors: bool = False,
     streams: Sequence[str] | None = None,
+    task: str | None = None,
+    rates: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Decode ``split`` at each SNR (babble noise on the audio; video untouched), write
     ``<out>/<label>_<snr>.jsonl`` per utterance, ``<out>/results.json``, ``<out>/wer_vs_snr.png``.
@@ -144,7 +173,12 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     snrs = snrs if snrs is not None else [data.decode_snr_target]
-    if "audio" not in check_streams(streams, model.cfg.modalities) and any(s is not None for s in snrs):
+    used = (
+        TASKS[task]
+        if task is not None and model.cfg.tasks is not None
+        else check_streams(streams, model.cfg.modalities)
+    )
+    if "audio" not in used and any(s is not None for s in snrs):
         log.info("%s reads no audio: noise does not change its input; decoding once", label)
         snrs = [None]
     results: dict[str, Any] = {}
@@ -152,7 +186,14 @@ def evaluate(
     for snr in snrs:
         d = dataclasses.replace(data, decode_snr_target=snr)
         records, speed = decode_split(
-            model, d, split, options, desc=f"{label} @ {snr_label(snr)}", streams=streams
+            model,
+            d,
+            split,
+            options,
+            desc=f"{label} @ {snr_label(snr)}",
+            streams=streams,
+            task=task,
+            rates=rates,
         )
         skipped_ids = speed.pop("skipped_ids")
         if skipped_ids:
@@ -164,6 +205,10 @@ def evaluate(
     summary = {"label": label, "split": split, "modalities": model.cfg.modalities, "by_snr": results}
     if streams is not None:
         summary["streams"] = list(check_streams(streams, model.cfg.modalities))
+    if task is not None:
+        summary["task"] = task
+    if rates is not None:
+        summary["rates"] = dict(rates)
     # merged under a lock: concurrent evaluations into one folder keep each other's results
     update_json(
         out / "results.json",
@@ -216,18 +261,44 @@ def evaluate_model_dir(
     device: str = "auto",
     skipped_as_errors: bool = False,
     streams: Sequence[str] | None = None,
+    task: str | None = None,
+    rates: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """Evaluate a model directory; results are also stored beside the model (its card).
+
+    A multi-task or multi-rate model is evaluated for every task × rate combination (only ``task`` /
+    only at ``rates`` when given): returns ``{"grid": [summary, …]}`` with one summary per combination,
+    labelled ``<task> <stream><rate>…`` (e.g. ``avsr audio4_video2``)."""
     from llama_avsr.decoding.transcriber import resolve_device
     from llama_avsr.model_dir import load_model_dir, update_results
 
     model, exp = load_model_dir(model_dir, device=resolve_device(device))
     data = data or exp.data
-    label = label or "+".join(check_streams(streams, model.cfg.modalities))
     if out_dir is None:  # beside a local model; for a hub repo id, under ./eval/<owner>__<name>
         local = Path(model_dir)
         out_dir = local / "eval" if local.is_dir() else Path("eval") / str(model_dir).replace("/", "__")
-    summary = evaluate(
-        model, data, out_dir, snrs, split, options or exp.decode, label, skipped_as_errors, streams
-    )
+    cfg = model.cfg
+    if not (cfg.multi_task or cfg.multi_rate):
+        if task is not None:
+            cfg.check_task(task)
+        cfg.check_rates(rates)
+        label = label or "+".join(check_streams(streams, model.cfg.modalities))
+        summary = evaluate(
+            model, data, out_dir, snrs, split, options or exp.decode, label, skipped_as_errors, streams
+        )
+        update_results(model_dir, {"evaluation": summary})
+        return summary
+    grid = []
+    for t in [cfg.check_task(task)] if task is not None else cfg.task_names:
+        combos = [cfg.check_rates(rates, t)] if rates else cfg.rate_combinations(t)
+        for r in combos:
+            name = f"{label + ' ' if label else ''}{t} {rates_key(r)}"
+            grid.append(
+                evaluate(
+                    model, data, out_dir, snrs, split, options or exp.decode, name, skipped_as_errors,
+                    None, t, r,
+                )
+            )  # fmt: skip
+    summary = {"grid": grid}
     update_results(model_dir, {"evaluation": summary})
     return summary
