@@ -14,6 +14,7 @@ DESCRIPTION = (
 EXAMPLES = """\
 llama-avsr params --config paper/avsr
 llama-avsr params --config paper/asr model.llm.lora.reduction=32 model.streams.audio.compression.ratio=4
+llama-avsr params --config paper/omni          # one model, 3 tasks x 4 rates: every LoRA strategy counted
 """
 
 log = logging.getLogger(__name__)
@@ -56,5 +57,44 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {_fmt(total):>14}  {_fmt(train):>12}")  # noqa: T201
     total, trainable = model.parameter_counts()
     print(f"{'all':<{width}}  {_fmt(total):>14}  {_fmt(trainable):>12}")  # noqa: T201
+    if cfg.llm.lora is not None and (cfg.multi_task or cfg.multi_rate):
+        print("\n" + strategy_table(cfg))  # noqa: T201
     print(f"trainable: {trainable}")  # noqa: T201
     return 0
+
+
+def strategy_table(cfg) -> str:
+    """Trainable parameters of the model under every LoRA strategy that applies to it (Omni-AVSR -S /
+    -T / -ST, Llama-MTSK's multi-scale / specific-scale / multi-specific-scale)."""
+    import dataclasses
+
+    from llama_avsr.config import LORA_SPECIFIC_TO
+    from llama_avsr.models.avsr import AVSRModel
+
+    rows = []
+    for strategy, keys in (
+        ("shared", ["task"]),
+        ("specific", LORA_SPECIFIC_TO),
+        ("shared+specific", LORA_SPECIFIC_TO),
+    ):
+        for key in keys:
+            lora = dataclasses.replace(cfg.llm.lora, strategy=strategy, specific_to=key)
+            try:
+                variant = dataclasses.replace(
+                    cfg, llm=dataclasses.replace(cfg.llm, lora=lora), prompt=cfg.prompt
+                )
+            except ValueError:  # e.g. keyed on tasks in a single-task model
+                continue
+            _, trainable = AVSRModel(variant, meta=True).parameter_counts()
+            name = strategy if strategy == "shared" else f"{strategy} by {key}"
+            current = (strategy, key if strategy != "shared" else "task") == (
+                cfg.llm.lora.strategy,
+                cfg.llm.lora.specific_to if cfg.llm.lora.strategy != "shared" else "task",
+            )
+            rows.append(
+                (name + (" (this config)" if current else ""), len(variant.all_adapters()), trainable)
+            )
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'LoRA strategy':<{width}}  {'adapters':>8}  {'trainable':>12}"]
+    lines += [f"{n:<{width}}  {a:>8}  {_fmt(t):>12}" for n, a, t in rows]
+    return "\n".join(lines)
