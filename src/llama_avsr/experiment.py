@@ -249,11 +249,6 @@ class ExperimentConfig:
                 raise ValueError(
                     f"train.task_weights: {sorted(bad) or 'all zero'}; the model's tasks are {m.task_names}"
                 )
-        if t.ctc_warmup and m.multi_rate:
-            raise ValueError(
-                "train.ctc_warmup_* is not available for streams with several compression ratios yet "
-                "(set train.ctc_warmup_epochs=0)"
-            )
         if self.train.select == "best_val_wer":
             if self.data.val_csv is None:
                 raise ValueError("train.select=best_val_wer needs a validation split: set data.val_csv")

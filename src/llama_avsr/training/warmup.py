@@ -97,10 +97,11 @@ def _targets(row: torch.Tensor, eos: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _collect(
-    model: AVSRModel, exp: Any, streams: list[str]
+    model: AVSRModel, exp: Any, streams: list[str], rates: dict[str, int] | None = None
 ) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
-    """Compressed encoder features per stream and transcript token ids, per training utterance (clean
-    inputs: the evaluation transforms)."""
+    """Compressed encoder features per stream (at ``rates``, default each stream's ``ratio``) and
+    transcript token ids, per training utterance (clean inputs: the evaluation transforms)."""
+    rates = rates or {}
 
     if not streams:  # only the transcripts' tokens are needed (tokenised as the collator does)
         texts = [u.text for u in load_split(_data(exp), "train")]
@@ -126,7 +127,7 @@ def _collect(
                 continue
             batch = batch.to(model.device)
             for n in streams:
-                f, lens = model.stream_features(n, batch)
+                f, lens = model.stream_features(n, batch, rates.get(n))
                 feats[n].extend(f[i, : int(lens[i])].float().cpu() for i in range(len(batch)))
             targets.extend(_targets(batch.target_ids[i], eos).cpu() for i in range(len(batch)))
     finally:
@@ -205,6 +206,23 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
             _fit_projector(model, t, name, f[name], y, ok, index, unit, radius, gen, report, epochs)
         else:
             _warm_trained_stream(model, exp, name, index, unit, radius, report)
+    # Matryoshka streams: the projector of every other rate, on the (warmed-up) encoder's features
+    for name in streams:
+        scfg = model.cfg.streams[name]
+        for k in scfg.compression.rates:
+            if k == scfg.compression.ratio:
+                continue
+            f, y = _collect(model, exp, [name], {name: k})
+            ok = [i for i, v in enumerate(y) if 0 < len(v) <= len(f[name][i])]
+            if not ok:
+                log.warning(
+                    "CTC warm-up: no utterance has as many %s features as tokens at rate %d; skipped", name, k
+                )
+                continue
+            epochs = (
+                stream_epochs(t, name) if name in frozen else (t.ctc_warmup_epochs or stream_epochs(t, name))
+            )
+            _fit_projector(model, t, name, f[name], y, ok, index, unit, radius, gen, report, epochs, rate=k)
     report.seconds = time.time() - start
     return report
 
@@ -222,14 +240,17 @@ def _fit_projector(
     gen: torch.Generator,
     report: WarmupReport,
     epochs: float | None = None,
+    rate: int | None = None,
 ) -> None:
-    """Fit stream ``name``'s projector alone on fixed features (``keep`` selects the utterances), then
-    scale it to the embeddings' norm and report."""
+    """Fit stream ``name``'s projector (at compression ``rate``; default: its ``ratio``) alone on fixed
+    features (``keep`` selects the utterances), then scale it to the embeddings' norm and report (under
+    ``<name>@x<rate>`` for a rate other than the default)."""
     bs = t.ctc_warmup_batch_size
     per_epoch = math.ceil(len(keep) / bs)
     total = max(1, round((stream_epochs(t, name) if epochs is None else epochs) * per_epoch))
-    proj = model.projectors[name]
-    fit = _Fit(proj.parameters(), unit, t.ctc_warmup_lr, total, f"CTC warm-up: {name} projector")
+    proj = model.projector(name, rate)
+    label = name if rate is None else f"{name}@x{rate}"
+    fit = _Fit(proj.parameters(), unit, t.ctc_warmup_lr, total, f"CTC warm-up: {label} projector")
     while not fit.done:
         order = [keep[int(j)] for j in torch.randperm(len(keep), generator=gen)]
         for k in range(0, len(order), bs):
@@ -240,7 +261,7 @@ def _fit_projector(
             x_len = torch.tensor([len(feats[i]) for i in idx])
             fit.step(proj, x, x_len, [index[targets[i]] for i in idx])
     _match_norm(proj, feats, keep, radius)
-    fit.finish(name, "projector", per_epoch, proj, feats, targets, keep, index, report)
+    fit.finish(label, "projector", per_epoch, proj, feats, targets, keep, index, report)
 
 
 class _Fit:
@@ -354,7 +375,7 @@ def _warm_trained_stream(
     loader = build_dataloader(utterances, data, collator, "train", modalities=mods)
     per_epoch = len(loader)
     total = max(1, round(epochs * per_epoch))
-    proj = model.projectors[name]
+    proj = model.projector(name)
     enc = model.encoders[scfg.encoder]
     if encoder_rate:
         ref = next(enc.parameters())
