@@ -134,3 +134,27 @@ def test_bench_a_model_directory_judges_identity_in_float32(tmp_path):
     assert dec["identical_transcripts_float32"] == dec["utterances"] == 4
     assert report["targets"]["batched_decoding"]["identical_transcripts_float32"] == "4/4"
     assert "--model" in report["command"] and "float32" in format_report(report)
+
+
+def test_bench_rates_section_reports_the_cost_of_every_task_and_rate(tmp_path):
+    """A multi-task, multi-rate model: one row per task × rate; stronger compression, fewer LLM tokens."""
+    out = tmp_path / "bench.json"
+    overrides = [
+        "bench.sections=[rates]",
+        "model.tasks=[asr, avsr]",
+        "model.streams.audio.compression={kind: stack, ratios: [2, 4]}",
+        "bench.decode_utterances=2",
+    ]
+    assert main(["bench", "--config", str(TINY), "--out", str(out), *overrides]) == 0
+    rates = json.loads(out.read_text())["rates"]
+    rows = {(r["task"], tuple(r["rates"].values())): r for r in rates["combinations"]}
+    assert set(rows) == {("asr", (2,)), ("asr", (4,)), ("avsr", (2, 2)), ("avsr", (4, 2))}
+    assert rates["reference"] == "avsr {'audio': 2, 'video': 2}"
+    tok = {k: r["llm_media_tokens_per_second"] for k, r in rows.items()}
+    assert tok["asr", (4,)] < tok["asr", (2,)] < tok["avsr", (2, 2)]
+    assert (
+        rows["avsr", (4, 2)]["llm_prefill_flops_per_utterance"]
+        < rows["avsr", (2, 2)]["llm_prefill_flops_per_utterance"]
+    )
+    assert rows["avsr", (2, 2)]["decode_speedup"] == 1.0
+    assert "task x rates" in format_report(json.loads(out.read_text()))

@@ -17,6 +17,7 @@ SECTIONS: tuple[str, ...] = (
     "whisper",
     "feature_cache",
     "decode",
+    "rates",
     "attention",
     "precision",
     "compile",

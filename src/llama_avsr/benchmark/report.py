@@ -168,6 +168,21 @@ def format_report(r: dict[str, Any]) -> str:
                 f"  data loading ({dl['utterances']} utt from disk, train transforms): {'; '.join(parts)}; "
                 f"collate {dl['collate_s']['min'] * 1e3:.1f} ms/batch"
             )
+    rates = r.get("rates") or {}
+    if rates.get("combinations"):
+        lines += [
+            "",
+            f"task x rates (vs {rates['reference']}; {rates['utterances']} utterances, {rates['num_beams']} beams)",
+            f"{'task':<5} {'rates':<26} {'tokens/s':>8} {'GFLOPs/utt':>10} {'decode s':>15} {'x':>6} "
+            f"{'train step s':>15} {'x':>6}",
+        ]
+        for c in rates["combinations"]:
+            rk = ",".join(f"{k}={v}" for k, v in c["rates"].items())
+            lines.append(
+                f"{c['task']:<5} {rk:<26} {c['llm_media_tokens_per_second']:>8.2f} "
+                f"{c['llm_prefill_flops_per_utterance'] / 1e9:>10.3f} {_t(c['decode_time_s']):>15} "
+                f"{_x(c['decode_speedup']):>6} {_t(c['train_step_time_s']):>15} {_x(c['train_step_speedup']):>6}"
+            )
     if r.get("targets"):
         lines += ["", "targets:"]
         for name, t in r["targets"].items():

@@ -469,6 +469,73 @@ class Bench:
             "examples": {k: v[:2] for k, v in results.items()},
         }
 
+    def section_rates(self) -> dict[str, Any]:
+        """The cost side of every task × compression rate of a multi-task / multi-rate model, in one run:
+        LLM media tokens per second of media, input tokens and forward FLOPs per utterance, the training
+        step and batched decoding time (same utterances, same beams), each relative to the model's
+        fullest task at its least compressed rates."""
+        cfg, model = self.model.cfg, self.model
+        if not (cfg.multi_task or cfg.multi_rate):
+            return {"skipped": "the model has one task and one compression rate per stream"}
+        dec = dataclasses.replace(self.exp.decode, prefill_once=True)
+        samples = self.inputs.make(self.cfg.compare_seconds, self.cfg.decode_utterances, jitter=0.2)
+        key = self.mods[0]
+        media_s = sum(x[key].shape[0] for x in samples) / (SAMPLE_RATE if key == "audio" else 25)
+        batch = self.collate(samples).to(self.device)
+        train_batch = self.batch(self.cfg.compare_seconds)
+        rows: list[dict[str, Any]] = []
+        for task in cfg.task_names:
+            for rates in cfg.rate_combinations(task):
+                model.eval()
+                with torch.no_grad(), self.autocast():
+                    seq = model.prepare(batch, with_targets=False, task=task, rates=rates)
+                media = int((seq.stream_index >= 0).sum())
+                tokens = int(seq.attention_mask.sum())
+
+                def decode_all(task=task, rates=rates) -> None:
+                    model.eval()
+                    with self.autocast():
+                        for i in range(0, len(samples), dec.batch_size):
+                            b = self.collate_infer(samples[i : i + dec.batch_size]).to(self.device)
+                            generate(model, b, dec, task, rates)
+
+                def step(task=task, rates=rates) -> None:
+                    model.train()
+                    with self.autocast():
+                        out = model(train_batch, task=task, rates=rates)
+                    out.loss.backward()
+                    self.opt.zero_grad(set_to_none=True)
+
+                t_dec = self.time(decode_all, repeats=self.cfg.decode_repeats, warmup=0)
+                t_step = self.time(step)
+                rows.append(
+                    {
+                        "task": task,
+                        "rates": rates,
+                        "llm_media_tokens_per_second": media / media_s,
+                        "llm_input_tokens_per_utterance": tokens / len(samples),
+                        "llm_prefill_flops_per_utterance": self.llm_flops(tokens, 0) / len(samples),
+                        "decode_time_s": t_dec,
+                        "decode_utterances_per_s": len(samples) / t_dec["min"],
+                        "train_step_time_s": t_step,
+                    }
+                )
+                log.info("rates %s %s: %.1f media tokens/s", task, rates, media / media_s)
+        ref = max(
+            (r for r in rows if r["task"] == cfg.default_task),
+            key=lambda r: r["llm_media_tokens_per_second"],
+        )
+        for r in rows:
+            r["decode_speedup"] = r["decode_utterances_per_s"] / ref["decode_utterances_per_s"]
+            r["train_step_speedup"] = ref["train_step_time_s"]["min"] / r["train_step_time_s"]["min"]
+        return {
+            "utterances": len(samples),
+            "media_seconds": media_s,
+            "num_beams": dec.num_beams,
+            "reference": f"{ref['task']} {ref['rates']}",
+            "combinations": rows,
+        }
+
     def section_attention(self) -> dict[str, Any]:
         """Speed-up 4a: LLM attention implementations, training step and forward."""
         base = base_causal_lm(self.model.llm)
