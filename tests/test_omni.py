@@ -303,3 +303,89 @@ def test_paper_omni_parameters_match_the_paper(capsys):
     trainable = int(out.strip().splitlines()[-1].split()[-1])
     assert abs(trainable - 58e6) / 58e6 < 0.015, trainable
     assert "shared+specific by task (this config)" in out and "specific by task" in out
+
+
+# -- released Omni-AVSR checkpoints -----------------------------------------------------------------
+
+
+def omni_checkpoint(model: AVSRModel, seed: int = 3) -> dict[str, torch.Tensor]:
+    """A synthetic state dict in Omni-AVSR's layout (its public modeling code): per-rate projectors
+    ``audio_proj.I.*``, task LoRA ``lora_down_Q.audio`` …, the shared one ``lora_down_Q_shared``, AV-HuBERT
+    LoRA under ``video_encoder.``, prompt buffers; frozen weights of the random-init parts beside them."""
+    from llama_avsr.reference import reference_key
+
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda t: torch.randn(t.shape, generator=g) * 0.1  # noqa: E731
+    state: dict[str, torch.Tensor] = {}
+    for key, t in model.state_dict().items():  # frozen tensors: the Llama-AVSR names (tested elsewhere)
+        if ".lora_" not in key and not key.startswith("projectors."):
+            ref = reference_key(model, key)
+            if ref is not None:
+                state[ref] = t.clone()
+    hid, r = model.hidden_size, model.cfg.llm.lora.rank_for(model.hidden_size)
+    v_out = base_v_out(model)
+    for n in range(2):  # tiny-llama has 2 layers
+        pre = f"llm.model.layers.{n}.self_attn"
+        for suffix in ["_shared", ".audio", ".video", ".audiovisual"]:
+            for t, out in (("Q", hid), ("V", v_out)):
+                state[f"{pre}.lora_down_{t}{suffix}.weight"] = rnd(torch.empty(r, hid))
+                state[f"{pre}.lora_up_{t}{suffix}.weight"] = rnd(torch.empty(out, r))
+    for stream, rates in (("audio", [2, 4]), ("video", [1, 2])):
+        for i, k in enumerate(rates):
+            for layer, t in model.projector(stream, k).state_dict().items():
+                state[f"{stream}_proj.{i}.{layer}"] = rnd(t)
+    for key, t in model.encoders["avhubert"].state_dict().items():
+        if ".lora_" in key:
+            state["video_encoder." + key.removeprefix("model.")] = rnd(t)
+    state["prompt_audio"] = torch.zeros(1, 5, hid)  # the reference's prompt embeddings: not weights
+    return state
+
+
+def base_v_out(model: AVSRModel) -> int:
+    from llama_avsr.models.llm import base_causal_lm
+
+    return base_causal_lm(model.llm).model.layers[0].self_attn.v_proj.base_layer.out_features
+
+
+def test_omni_checkpoint_imports_with_its_tasks_rates_and_lora_sum(tokenizer, batch):
+    from llama_avsr.models.llm import base_causal_lm
+    from llama_avsr.reference import ReferenceCheckpointError, load_reference_state
+
+    torch.manual_seed(0)
+    model = AVSRModel(build(), tokenizer=tokenizer).eval()
+    state = omni_checkpoint(model)
+    report = load_reference_state(model, state, "omni.pth")
+    assert len(report.trainable) == len(model.trainable_state_dict())
+    # projectors: the I-th of the reference's list is the I-th rate
+    assert torch.equal(model.projector("audio", 4)[0].weight, state["audio_proj.1.0.weight"])
+    assert torch.equal(model.projector("video", 1)[2].bias, state["video_proj.0.2.bias"])
+    # LoRA: q = W x + (up_task(down_task x) + up_shared(down_shared x)) · alpha / reduction, per task
+    attn = base_causal_lm(model.llm).model.layers[1].self_attn
+    x = torch.randn(3, model.hidden_size)
+    scaling = model.cfg.llm.lora.scaling
+    pre = "llm.model.layers.1.self_attn"
+    for task, mod in (("asr", "audio"), ("vsr", "video"), ("avsr", "audiovisual")):
+        model.select(task)
+        with torch.no_grad():
+            got = attn.q_proj(x)
+        lora = sum(
+            x @ state[f"{pre}.lora_down_Q{s}.weight"].T @ state[f"{pre}.lora_up_Q{s}.weight"].T
+            for s in (f".{mod}", "_shared")
+        )
+        want = attn.q_proj.base_layer(x) + lora * scaling
+        assert torch.allclose(got, want, atol=1e-5), task
+    # the imported model decodes every task at every rate
+    for task in ("asr", "vsr", "avsr"):
+        for rates in model.cfg.rate_combinations(task):
+            assert (
+                len(
+                    decode(
+                        model, batch.select([0]), DecodingOptions(num_beams=1, max_new_tokens=2), task, rates
+                    )
+                )
+                == 1
+            )
+    # a recipe with adapters per rate has no counterpart in the layout: a clear error
+    other = AVSRModel(build(strategy="specific", specific_to="rates"), tokenizer=tokenizer)
+    with pytest.raises(ReferenceCheckpointError, match="does not match the recipe"):
+        load_reference_state(other, state, "omni.pth")

@@ -24,6 +24,21 @@ every other frozen weight (``llm.model.*``, ``audio_encoder.*`` …)    ignored:
 Which ``*_encoder`` prefix an encoder of ours has in the reference follows from what it reads:
 ``audio_encoder`` (audio only), ``video_encoder`` (video only), ``audiovisual_encoder`` (both).
 
+Omni-AVSR / Llama-MTSK checkpoints (the same ``AVSR_LLMs`` module with Matryoshka projectors and task LoRA):
+
+====================================================================  ==========================================
+``{audio,video}_proj.I.{0,2,3}.*`` (one projector per rate)           ``projectors.<stream>.x<k>.*``, k the I-th
+                                                                      of the stream's ``compression.ratios``
+``{audio,video}_proj.{0,2,3}.*`` (one projector for every rate)       ``projectors.<stream>.*``
+                                                                      (``projector.shared_across_rates``)
+``…self_attn.lora_{down,up}_{Q,V}.{audio,video,audiovisual}.weight``  the LoRA adapter of task asr / vsr / avsr
+                                                                      (``lora.strategy: specific``, by task)
+``…self_attn.lora_{down,up}_{Q,V}_shared.weight``                     the shared adapter of ``shared+specific``
+====================================================================  ==========================================
+
+The reference sums the task and shared adapters before one ``alpha / reduction`` scaling; PEFT scales each
+active adapter by the same factor, the same map. Adapters keyed on rates have no public layout to import.
+
 LoRA semantics.  The reference computes ``q = W_q x + up(down(x)) · alpha / reduction`` with bottleneck
 r = hidden / reduction; our PEFT LoRA computes ``W_q x + B(A(x)) · lora_alpha / r`` with
 ``lora_alpha = (alpha / reduction) · r`` (:func:`llama_avsr.models.llm.apply_lora`), the same map when
@@ -73,8 +88,10 @@ HEAD_KEY = "llm.lm_head.weight"
 #: tolerance when comparing frozen weights with the named base models (the reference trains in bf16)
 BASE_RTOL, BASE_ATOL = 1e-2, 1e-5
 
-_PEFT_LORA = re.compile(r"^(?P<pre>.*\.self_attn)\.(?P<t>[qv])_proj\.lora_(?P<ab>[AB])\.default\.weight$")
-_REF_LORA = re.compile(r"^llm\..*\.lora_(down|up)_[A-Z]\.weight$")
+_PEFT_LORA = re.compile(r"^(?P<pre>.*\.self_attn)\.(?P<t>[qv])_proj\.lora_(?P<ab>[AB])\.(?P<ad>\w+)\.weight$")
+_REF_LORA = re.compile(r"^llm\..*\.lora_(down|up)_[A-Z](_shared)?(\.[a-z]+)?\.weight$")
+#: the reference's modality names of the tasks (Omni-AVSR's task-specific LoRA keys)
+REFERENCE_TASKS: dict[str, str] = {"asr": "audio", "vsr": "video", "avsr": "audiovisual"}
 _REF_PROJ = re.compile(r"^[a-z]+_proj\.\d+\.")
 _WEIGHT_NORM = {
     ".parametrizations.weight.original0": ".weight_g",
@@ -147,6 +164,10 @@ def reference_key(model: AVSRModel, key: str) -> str | None:
     cfg = model.cfg
     if key.startswith("projectors."):
         stream, rest = key[len("projectors.") :].split(".", 1)
+        if rest.startswith("x") and rest.split(".", 1)[0][1:].isdigit():  # one projector per rate
+            rate, rest = rest.split(".", 1)
+            index = cfg.streams[stream].compression.rates.index(int(rate[1:]))
+            return f"{stream}_proj.{index}.{rest}"
         return f"{stream}_proj.{rest}"
     if key.startswith("encoders."):
         name, rest = key[len("encoders.") :].split(".", 1)
@@ -161,10 +182,24 @@ def reference_key(model: AVSRModel, key: str) -> str | None:
         m = _PEFT_LORA.match(rest)
         if m:
             kind = "down" if m["ab"] == "A" else "up"
-            return f"llm.{m['pre']}.lora_{kind}_{m['t'].upper()}.weight"
+            suffix = _reference_adapter(cfg, m["ad"])
+            if suffix is None:
+                return None
+            return f"llm.{m['pre']}.lora_{kind}_{m['t'].upper()}{suffix}.weight"
         if ".lora_" in rest:
             return None
         return "llm." + rest.replace(".base_layer.", ".")
+    return None
+
+
+def _reference_adapter(cfg, adapter: str) -> str | None:
+    """The reference's suffix of one of our LoRA adapters: ``""`` (Llama-AVSR's one adapter, Omni-AVSR-S),
+    ``_shared`` (Omni-AVSR-ST's shared one), ``.audio`` / ``.video`` / ``.audiovisual`` (a task's)."""
+    lora = cfg.llm.lora
+    if adapter == "default":
+        return "" if lora.strategy == "shared" else "_shared"
+    if lora.specific_to == "task" and adapter in REFERENCE_TASKS:
+        return f".{REFERENCE_TASKS[adapter]}"
     return None
 
 
@@ -260,11 +295,13 @@ def check_lora_semantics(model: AVSRModel, state: Mapping[str, torch.Tensor], so
     want = lora.alpha / lora.reduction
     for name, module in base_causal_lm(model.llm).named_modules():
         scaling = getattr(module, "scaling", None)
-        if isinstance(scaling, dict) and "default" in scaling:
-            got_r = module.r["default"]
-            if got_r != r or not math.isclose(scaling["default"], want, rel_tol=1e-6):
+        if not isinstance(scaling, dict):
+            continue
+        for adapter, value in scaling.items():
+            got_r = module.r[adapter]
+            if got_r != r or not math.isclose(value, want, rel_tol=1e-6):
                 raise ReferenceCheckpointError(
-                    f"{source}: LoRA module {name} has r {got_r}, scaling {scaling['default']:g}; the reference "
+                    f"{source}: LoRA module {name} ({adapter}) has r {got_r}, scaling {value:g}; the reference "
                     f"semantics need r {r}, scaling alpha/reduction = {want:g}"
                 )
 
