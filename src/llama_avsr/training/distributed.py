@@ -110,7 +110,8 @@ def fsdp_units(model: AVSRModel) -> set[nn.Module]:
     layer_names = set(getattr(base, "_no_split_modules", None) or [])
     units.update(m for m in model.llm.modules() if type(m).__name__ in layer_names)
     units.update(model.encoders.values())
-    units.update(model.projectors.values())
+    for proj in model.projectors.values():  # a Matryoshka stream holds one projector per rate
+        units.update(proj.values() if isinstance(proj, nn.ModuleDict) else [proj])
 
     def visit(m: nn.Module) -> None:
         params = list(m.parameters())
@@ -145,6 +146,11 @@ def fsdp_policy(units: Iterable[nn.Module]):
 def build_strategy(t: TrainConfig, model: AVSRModel, precision: str) -> Any:
     """The Lightning strategy for ``train.strategy`` (a name string for the ones Lightning builds)."""
     name = t.strategy
+    if name == "ddp" and (model.cfg.multi_task or model.cfg.multi_rate):
+        # a step trains the projectors and adapters of the tasks and rates it drew (training/objective.py):
+        # the others get no gradient, which plain DDP takes for a bug
+        log.info("train.strategy=ddp with several tasks / rates: ddp_find_unused_parameters_true")
+        return "ddp_find_unused_parameters_true"
     if name == "fsdp" and t.devices == 1 and t.num_nodes == 1:
         # nothing to shard; FSDP's single-process mode also breaks on tied embeddings (torch 2.x)
         log.info("train.strategy=fsdp on one process: training without FSDP (checkpoints as files)")
