@@ -45,6 +45,7 @@ def test_one_model_trains_on_three_tasks_and_two_rates_then_decodes_every_combin
         "avsr audio4_video2", "avsr audio4_video4", "avsr audio8_video2", "avsr audio8_video4",
     ]  # fmt: skip
     clean = {g["label"]: g["by_snr"]["clean"] for g in grid["grid"]}
+    assert (tmp_path / "eval" / "wer_vs_tokens.png").stat().st_size > 1000
     for r in clean.values():
         assert r["utterances"] == 3 and 0 <= r["wer"] and r["llm_prefill_gflops_per_utterance"] > 0
     # the cost side: audio at 50 Hz → 12.5 / 6.25 tokens a second at rates 4 / 8 (remainders dropped)

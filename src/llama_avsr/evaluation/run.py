@@ -300,5 +300,40 @@ def evaluate_model_dir(
                 )
             )  # fmt: skip
     summary = {"grid": grid}
+    plot_wer_vs_tokens(grid, Path(out_dir) / "wer_vs_tokens.png")
     update_results(model_dir, {"evaluation": summary})
     return summary
+
+
+def plot_wer_vs_tokens(grid: list[dict[str, Any]], path: str | Path) -> None:
+    """WER against the media tokens the LLM reads per second, one line per task (and SNR), each point a
+    rate combination: the accuracy / cost trade-off a multi-rate model offers (needs matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        log.info("matplotlib not installed: %s not drawn (pip install 'llama-avsr[demo]')", path)
+        return
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[tuple[float, float, str]]] = {}
+    for g in grid:
+        task = g.get("task", g["label"].split()[0])
+        for snr, r in g["by_snr"].items():
+            name = task if snr == "clean" else f"{task} @ {snr} dB"
+            rk = ",".join(f"{k[0]}{v}" for k, v in (g.get("rates") or {}).items())
+            lines.setdefault(name, []).append((r["llm_media_tokens_per_second"], 100 * r["wer"], rk))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in lines.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        for x, y, rk in pts:
+            ax.annotate(rk, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xlabel("media tokens the LLM reads per second")
+    ax.set_ylabel("WER (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write_with(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    plt.close(fig)
