@@ -437,6 +437,12 @@ def export_merged(src: str | Path, out: str | Path, revision: str | None = None)
     model, exp = load_model_dir(src, revision=revision)
     if exp.model.llm.lora is None:
         raise ModelDirError(f"{src}: the LLM has no LoRA (llm.lora is null): nothing to merge")
+    if exp.model.llm.lora.strategy != "shared":
+        raise ModelDirError(
+            f"{src}: the LLM has {len(exp.model.all_adapters())} LoRA adapters "
+            f"({exp.model.llm.lora.strategy} by {exp.model.llm.lora.specific_to}), switched per task / rate: "
+            "they cannot be merged into one set of LLM weights"
+        )
     trainable = {k: v for k, v in model.trainable_state_dict().items() if not k.startswith("llm.")}
     frozen = {
         k: v for k, v in frozen_state_dict(model).items() if not k.startswith(("llm.", "added_tokens."))
