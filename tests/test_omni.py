@@ -273,6 +273,10 @@ def test_every_task_and_rate_decodes_and_survives_save_load(model, batch, tmp_pa
     )
     with pytest.raises(ValueError, match="not 16"):
         decode(loaded, batch, greedy, "asr", {"audio": 16})
+    from llama_avsr.model_dir import ModelDirError, export_merged
+
+    with pytest.raises(ModelDirError, match="4 LoRA adapters"):
+        export_merged(tmp_path / "omni", tmp_path / "merged")
     with pytest.raises(ValueError, match="trained for"):
         single = AVSRModel(build(strategy="shared", tasks=["avsr"]), meta=True)
         single.cfg.check_task("vsr")
