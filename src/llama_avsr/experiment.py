@@ -68,7 +68,8 @@ class TrainConfig:
     checkpoint_every_steps: also checkpoint every N steps (0: only at epoch ends).
     val_every_steps: validate every N optimiser steps (0: at epoch ends; validation needs ``data.val_csv``).
     val_wer: also decode the validation split (greedy unless ``val_beams``) at each validation and log
-        ``val/wer`` beside ``val/loss``. ``None``: on, except under sharded strategies (FSDP/DeepSpeed
+        ``val/wer`` beside ``val/loss`` (a multi-task / multi-rate model: its fullest task at its default
+        rates; ``val/loss`` averages every task at every rate). ``None``: on, except under sharded strategies (FSDP/DeepSpeed
         generation would need every rank to decode in lock step).
     val_beams: beams of that decoding (1 = greedy; ``decode.max_new_tokens`` applies).
     log_every_steps: log the loss and learning rate every N optimiser steps.
