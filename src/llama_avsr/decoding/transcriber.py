@@ -267,9 +267,8 @@ class Transcriber:
             return self.model.cfg.default_task
         t = task_of(have) if have else None
         if t not in tasks:
-            raise ValueError(
-                f"{m.name}: the input has {have or 'no usable stream'}; this model's tasks are {tasks}"
-            )
+            err = NoAudioError if "audio" not in have else NoVideoError
+            raise err(f"{m.name}: the input has {have or 'no usable stream'}; this model's tasks are {tasks}")
         return t
 
     def needed(self, keep: Sequence[str]) -> tuple[str, ...]:
