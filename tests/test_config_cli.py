@@ -16,7 +16,16 @@ from llama_avsr.cli import COMMANDS, build_parser, main
 from llama_avsr.training.config import ExperimentConfig
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = ["demo/asr", "demo/avsr", "demo/vsr", "paper/asr", "paper/avsr", "paper/vsr"]
+RECIPES = [
+    "demo/asr",
+    "demo/avsr",
+    "demo/omni",
+    "demo/vsr",
+    "paper/asr",
+    "paper/avsr",
+    "paper/omni",
+    "paper/vsr",
+]
 
 
 # ------------------------------------------------------------------------------------------------
