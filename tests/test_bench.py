@@ -52,16 +52,24 @@ def test_bench_report_has_every_section_and_figure(report):
     assert dec["identical_transcripts"] == dec["utterances"] == 4
     assert dec["identical_prefill_once_vs_per_beam"] == 4
     assert {"utterances_per_s", "real_time_factor"} <= set(dec["batched"])
+    # the exact path is one utterance at a time with the prompt per beam; the fast one batches
+    assert dec["one_at_a_time"]["batch_size"] == 1 and not dec["one_at_a_time"]["prefill_once"]
+    assert dec["batched"]["prefill_once"] and dec["batched"]["batch_size"] == 4
+    assert dec["greedy"]["identical_transcripts"] == 4 and dec["greedy"]["batched"]["num_beams"] == 1
+    assert dec["speedup_vs_paper_exact"] > 0  # tiny.yaml's Whisper runs on the true length
+    assert dec["paper_exact"]["batch_size"] == 1
     assert "train_step_s" in report["attention"]["eager"]
     assert "workers=0" in report["data"] and report["data"]["workers=0"]["batches"] >= 1
     assert set(report["targets"]) == {
         "whisper_true_length_vs_padded",
         "feature_cache_epochs",
-        "batched_decoding",
-    }
+        "beam_decoding",
+        "greedy_decoding",
+        "paper_exact_train_step",
+    }  # one length: no length fit
     assert "llama-avsr bench --config" in report["command"]
     table = format_report(report)
-    assert "speed-ups" in table and "targets:" in table and "decoding" in table
+    assert "speed-ups" in table and "targets:" in table and "decoding" in table and "greedy" in table
 
 
 def test_bench_config_splits_experiment_and_bench_sections():
@@ -132,7 +140,7 @@ def test_bench_a_model_directory_judges_identity_in_float32(tmp_path):
     dec = report["decode"]
     assert dec["compute_dtype"] == "bfloat16"
     assert dec["identical_transcripts_float32"] == dec["utterances"] == 4
-    assert report["targets"]["batched_decoding"]["identical_transcripts_float32"] == "4/4"
+    assert report["targets"]["beam_decoding"]["identical_transcripts_float32"] == "4/4"
     assert "--model" in report["command"] and "float32" in format_report(report)
 
 
@@ -158,3 +166,17 @@ def test_bench_rates_section_reports_the_cost_of_every_task_and_rate(tmp_path):
     )
     assert rows["avsr", (2, 2)]["decode_speedup"] == 1.0
     assert "task x rates" in format_report(json.loads(out.read_text()))
+
+
+def test_length_fit_recovers_a_line_and_an_exponent():
+    from llama_avsr.benchmark.run import length_scaling, linear_fit
+
+    fit = linear_fit([2.0, 5.0, 10.0, 20.0], [0.2, 0.5, 1.0, 2.0])
+    assert fit["slope"] == pytest.approx(0.1) and fit["intercept"] == pytest.approx(0.0, abs=1e-12)
+    assert fit["r2"] == pytest.approx(1.0) and fit["exponent"] == pytest.approx(1.0)
+    quadratic = linear_fit([2.0, 5.0, 10.0, 20.0], [4.0, 25.0, 100.0, 400.0])
+    assert quadratic["exponent"] == pytest.approx(2.0) and quadratic["r2"] < 1.0
+    rows = [{"seconds": s, "step_s": {"min": 1.0 + s}} for s in (2.0, 20.0)]
+    scaling = length_scaling({"train": rows, "encoder": []})
+    assert scaling["train_step"]["slope"] == pytest.approx(1.0)
+    assert scaling["train_step"]["exponent"] < 1.0  # a fixed cost on top of a linear one

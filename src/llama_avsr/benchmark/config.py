@@ -42,7 +42,10 @@ class BenchConfig:
     words_per_second: transcript length per second of audio (noise inputs).
     epoch_utterances: utterances in the feature-cache epochs.
     decode_utterances / decode_batch_size / decode_repeats: the decoding comparison (batch size
-        ``None``: ``decode.batch_size``).
+        ``None``: ``decode.batch_size``): the fast path (batches, prompt once per utterance) against the
+        exact one-at-a-time path (prompt once per beam, as the published code), beam and greedy search.
+    decode_paper_exact: when Whisper runs on the true length, also time the exact one-at-a-time path
+        with Whisper on 30 s padding (the paper-exact decoding; its transcripts differ, not compared).
     decode_float32_check: when the LLM computes in bf16 / fp16, also decode one at a time and batched
         with the LLM upcast to float32 and no autocast, and judge "identical transcripts" there (bf16
         rounding differs between a padded batch and a lone utterance and flips near-tied beams).
@@ -70,6 +73,7 @@ class BenchConfig:
     decode_batch_size: int | None = None
     decode_repeats: int = 1
     decode_float32_check: bool = True
+    decode_paper_exact: bool = True
     attention: list[str] = field(default_factory=lambda: ["sdpa", "eager", "flash_attention_2"])
     compile: bool = False
     data_workers: list[int] = field(default_factory=lambda: [0, 2])

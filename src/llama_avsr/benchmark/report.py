@@ -111,22 +111,43 @@ def format_report(r: dict[str, Any]) -> str:
         o, b, p = d["one_at_a_time"], d["batched"], d["batched_prompt_per_beam"]
         lines.append(
             f"  decoding ({d['utterances']} utt, {d['audio_seconds']:.0f} s audio, {d['num_beams']} beams, "
-            f"≤{d['max_new_tokens']} tokens, {d['compute_dtype']}): one at a time {o['utterances_per_s']:.2f} utt/s "
-            f"(RTF {o['real_time_factor']:.2f}), batch {b['batch_size']} {b['utterances_per_s']:.2f} utt/s "
-            f"(RTF {b['real_time_factor']:.2f}) = {_x(d['speedup'])}; identical transcripts "
-            f"{d['identical_transcripts']}/{d['utterances']}"
+            f"≤{d['max_new_tokens']} tokens, {d['compute_dtype']}): exact one at a time (prompt per beam) "
+            f"{o['utterances_per_s']:.2f} utt/s (RTF {o['real_time_factor']:.2f}), fast batch {b['batch_size']} "
+            f"{b['utterances_per_s']:.2f} utt/s (RTF {b['real_time_factor']:.2f}) = {_x(d['speedup'])}; "
+            f"identical transcripts {d['identical_transcripts']}/{d['utterances']}"
             + (
                 f" ({d['compute_dtype']}), {d['identical_transcripts_float32']}/{d['utterances']} with the LLM in float32"
                 if d.get("identical_transcripts_float32") is not None
                 else ""
             )
         )
+        g = d.get("greedy")
+        if g:
+            lines.append(
+                f"    greedy: exact one at a time {g['one_at_a_time']['utterances_per_s']:.2f} → fast "
+                f"{g['batched']['utterances_per_s']:.2f} utt/s = {_x(g['speedup'])}; identical "
+                f"{g['identical_transcripts']}/{d['utterances']}"
+            )
+        if "paper_exact" in d:
+            lines.append(
+                f"    vs the paper-exact loop (one at a time, Whisper on 30 s padding): "
+                f"{d['paper_exact']['utterances_per_s']:.2f} → {b['utterances_per_s']:.2f} utt/s = "
+                f"{_x(d['speedup_vs_paper_exact'])} (transcripts differ with the encoder input: not compared)"
+            )
         rows = d.get("gemm_flops_per_s_by_rows", {})
         lines.append(
-            f"    prompt once per utterance vs once per beam (HF): {p['utterances_per_s']:.2f} → "
+            f"    prompt once per utterance vs once per beam (HF), batched: {p['utterances_per_s']:.2f} → "
             f"{b['utterances_per_s']:.2f} utt/s = {_x(d['prefill_once_speedup'])}; GEMM at "
             + ", ".join(f"{k} rows {_g(v)}" for k, v in rows.items())
         )
+    ls = r.get("length_scaling")
+    if ls:
+        for name, f in ls.items():
+            lines.append(
+                f"  cost vs length, {name.replace('_', ' ')} ({f['lengths'][0]:g}–{f['lengths'][-1]:g} s): "
+                f"{f['slope']:.4f} s per audio second + {f['intercept']:.3f} s (R² {f['r2']:.3f}); "
+                f"time ∝ length^{f['exponent']:.2f}"
+            )
     a = r.get("attention")
     if a:
         parts = [
@@ -188,8 +209,10 @@ def format_report(r: dict[str, Any]) -> str:
         for name, t in r["targets"].items():
             extra = {k: v for k, v in t.items() if k not in ("target", "measured", "holds")}
             lines.append(
-                f"  {name:<32} {t['target']:<52} measured {_x(t['measured']):>7}  "
-                f"{'HOLDS' if t['holds'] else 'NOT MET'}" + (f"  {extra}" if extra else "")
+                f"  {name:<24} {t['target']:<52} measured "
+                + (f"k={t['measured']:.2f}" if "r2" in t else f"{_x(t['measured']):>7}")
+                + f"  {'HOLDS' if t['holds'] else 'NOT MET'}"
+                + (f"  {extra}" if extra else "")
             )
     for name, err in failed.items():
         lines.append(f"section {name} FAILED: {err}")
