@@ -96,9 +96,9 @@ class WhisperEncoder(Encoder):
         if self.options.pad_to_30s:
             wav = F.pad(wav, (0, max(0, CHUNK_SECONDS * SAMPLE_RATE - wav.shape[1])))
             wav = wav[:, : CHUNK_SECONDS * SAMPLE_RATE]
-            feats = self._encode(self.log_mel(wav, n), attention_mask=None)
-            keep = max(int(int(n.max()) / SAMPLE_RATE * 50), MIN_REFERENCE_FRAMES)
-            return feats[:, :keep], out_len.clamp(max=keep)
+            keep = min(max(int(int(n.max()) / SAMPLE_RATE * 50), MIN_REFERENCE_FRAMES), self.max_frames)
+            feats = self._encode(self.log_mel(wav, n), attention_mask=None, keep=keep)
+            return feats, out_len.clamp(max=keep)
         # each sample is cut to its own frames (as if it were alone) so that batching never changes
         # its features: STFT edges, conv padding and attention all see only the sample itself
         t_max = int(out_len.max())
@@ -124,10 +124,15 @@ class WhisperEncoder(Encoder):
                 limit / SAMPLE_RATE,
             )
 
-    def _encode(self, mel: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def _encode(
+        self, mel: torch.Tensor, attention_mask: torch.Tensor | None, keep: int | None = None
+    ) -> torch.Tensor:
         """The HF encoder's computation on any number of frames (HF insists on exactly 30 s).
 
-        mel: (B, n_mels, 2T); attention_mask: (B, T) bool (True = valid) or None → (B, T, D).
+        mel: (B, n_mels, 2T); attention_mask: (B, T) bool (True = valid) or None → (B, T, D), or
+        (B, keep, D) when only the first ``keep`` frames are wanted: the last layer then computes only
+        those rows (its keys and values still see every frame), the same math as cutting afterwards
+        at a fraction of that layer's cost (30 s padding keeps 150 of 1500 frames for 3 s of audio).
         """
         enc = self.encoder
         dtype = enc.conv1.weight.dtype
@@ -140,10 +145,36 @@ class WhisperEncoder(Encoder):
         if attention_mask is not None:
             mask = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
             mask = mask.masked_fill(~attention_mask, torch.finfo(x.dtype).min)[:, None, None, :]
-        for layer in enc.layers:
+        last = len(enc.layers) - 1 if keep is not None and keep < x.shape[1] else None
+        for i, layer in enumerate(enc.layers):
+            if i == last:
+                x = _layer_first_rows(layer, x, mask, keep)
+                continue
             x = layer(x, attention_mask=mask)
             x = x[0] if isinstance(x, tuple) else x
-        return enc.layer_norm(x)
+        return enc.layer_norm(x[:, :keep] if keep is not None else x)
+
+
+def _layer_first_rows(
+    layer: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, keep: int
+) -> torch.Tensor:
+    """One HF ``WhisperEncoderLayer`` computed for the first ``keep`` rows only (queries, feed-forward),
+    attending to every row: the rows of the full layer's output, without computing the others."""
+    p, training = layer.dropout, layer.training
+    residual = x[:, :keep]
+    h = layer.self_attn_layer_norm(x)
+    if mask is not None:
+        mask = mask[:, :, :keep]
+    a = layer.self_attn(hidden_states=h[:, :keep], key_value_states=h, attention_mask=mask)[0]
+    x = residual + F.dropout(a, p=p, training=training)
+    residual = x
+    h = layer.activation_fn(layer.fc1(layer.final_layer_norm(x)))
+    h = layer.fc2(F.dropout(h, p=layer.activation_dropout, training=training))
+    x = residual + F.dropout(h, p=p, training=training)
+    if x.dtype == torch.float16:
+        clamp = torch.finfo(x.dtype).max - 1000
+        x = x.clamp(min=-clamp, max=clamp)
+    return x
 
 
 def load_whisper_encoder(source: str | None, arch: str | None, dtype: torch.dtype) -> HFWhisperEncoder:
