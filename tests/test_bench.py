@@ -180,3 +180,31 @@ def test_length_fit_recovers_a_line_and_an_exponent():
     scaling = length_scaling({"train": rows, "encoder": []})
     assert scaling["train_step"]["slope"] == pytest.approx(1.0)
     assert scaling["train_step"]["exponent"] < 1.0  # a fixed cost on top of a linear one
+
+
+def test_gpu_paper_bench_runs_on_a_cpu_with_tiny_architectures(tmp_path, smollm2_dir):
+    """configs/bench/gpu-paper.yaml (the paper's AVSR recipe in the real architectures, for a GPU) is a
+    valid bench config: the same file with the tiny architectures swapped in runs on a CPU and reports
+    the training step's MFU and memory and the decoding speed-ups."""
+    out = tmp_path / "bench.json"
+    tiny = [
+        "model.encoders.whisper.arch=tiny-whisper",
+        "model.encoders.whisper.dtype=float32",
+        "model.encoders.avhubert.arch=tiny-avhubert",
+        "model.llm.arch=tiny-llama",
+        f"model.llm.tokenizer={smollm2_dir}",
+        "model.llm.dtype=float32",
+        "train.precision=32-true",
+        "decode={num_beams: 2, max_new_tokens: 3, batch_size: 2}",
+        "bench={batch_size: 2, lengths: [1, 2], compare_seconds: 1, repeats: 1, warmup: 0, speech: false, "
+        "decode_utterances: 2, matmul_size: 128}",
+    ]
+    args = ["bench", "--config", str(REPO / "configs" / "bench" / "gpu-paper.yaml"), "--device", "cpu"]
+    assert main([*args, "--sections", "matmul,train,decode", "--out", str(out), *tiny]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"]["modalities"] == ["audio", "video"]
+    assert [r["seconds"] for r in report["train"]] == [1, 2] and report["train"][0]["llm_train_mfu"] > 0
+    assert report["decode"]["identical_transcripts"] == 2 and report["decode"]["greedy"]["speedup"] > 0
+    assert "paper_exact" not in report["decode"]  # the paper recipe's Whisper is already padded
+    assert report["length_scaling"]["train_step"]["r2"] == pytest.approx(1.0)
+    assert "cost_linear_in_length" in report["targets"]

@@ -293,3 +293,14 @@ def test_training_run_reuses_features_across_epochs(tmp_path, smollm2_dir, monke
     )
     train(exp)
     assert sum(calls) == 4, calls  # each utterance encoded once, in the first of three epochs
+
+
+def test_fingerprint_of_an_encoder_with_scalar_buffers():
+    """A frozen encoder with BatchNorm (a 0-d ``num_batches_tracked`` buffer, as AV-HuBERT's ResNet)
+    can be fingerprinted, and the scalar counts: a different value, a different fingerprint."""
+    from llama_avsr.models.feature_cache import weights_fingerprint
+
+    net = torch.nn.Sequential(torch.nn.Conv1d(2, 2, 1), torch.nn.BatchNorm1d(2)).eval()
+    before = weights_fingerprint(net)
+    net[1].num_batches_tracked += 1
+    assert weights_fingerprint(net) != before

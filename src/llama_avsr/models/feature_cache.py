@@ -58,7 +58,7 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    t = t.contiguous()
+    t = t.contiguous().reshape(-1)  # 1-d: a 0-d tensor (BatchNorm's num_batches_tracked) has no byte view
     return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
