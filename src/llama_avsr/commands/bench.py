@@ -19,6 +19,8 @@ DESCRIPTION = (
 )
 EXAMPLES = """\
 llama-avsr bench --config configs/bench/asr-demo.yaml -o bench-asr-demo.json
+llama-avsr bench --config configs/bench/cpu-published.yaml --sections decode bench.decode_utterances=4
+llama-avsr bench --config configs/bench/gpu-paper.yaml -o bench-gpu-paper.json
 llama-avsr bench --config configs/bench/gpu.yaml --device cuda --sections train,decode
 llama-avsr bench --config configs/bench/asr-demo.yaml --model runs/demo-asr/model --sections decode
 """
