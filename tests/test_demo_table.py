@@ -40,10 +40,10 @@ def test_each_demo_task_warms_up_only_its_streams(tmp_path) -> None:
         assert set(exp.train.ctc_warmup_streams) == streams
 
 
-def test_default_demo_trains_with_babble_on_part_of_the_audio(tmp_path) -> None:
-    """demo/avsr mixes babble into about two thirds of the training utterances at its SNRs (down to
-    -5 dB) and leaves the rest clean, blanks audio or video of some utterances, and evaluates on clean
-    audio unless an SNR is asked for: clean-only training left the video unused (issue 14)."""
+def test_noisy_training_mixes_babble_into_part_of_the_audio(tmp_path) -> None:
+    """With audio augmentation on, the demo's data pipeline mixes babble into about two thirds of the
+    training utterances at the listed SNRs (down to -5 dB) and leaves the rest clean; the demo recipe
+    blanks audio or video of some utterances; evaluation audio stays clean unless an SNR is asked for."""
     import dataclasses
 
     import numpy as np
@@ -59,8 +59,14 @@ def test_default_demo_trains_with_babble_on_part_of_the_audio(tmp_path) -> None:
     noise = tmp_path / "babble.wav"
     media.write_wav(noise, (0.1 * rng.standard_normal(48000)).astype(np.float32))
     exp = task_config(load_yaml(DEMO_CONFIG), "avsr", tmp_path, 1.0, [])
-    data = dataclasses.replace(exp.data, noise_file=str(noise))
-    assert {"audio", "video"} <= set(data.train_augment)
+    # the demo trains on clean audio (noisy steps cost too much uncached on a 2-core CPU, docs/results.md);
+    # with audio augmentation on, as `demo --full` and noise-robust recipes do, the noise is mixed like this
+    data = dataclasses.replace(
+        exp.data,
+        noise_file=str(noise),
+        train_augment=["audio", "video"],
+        train_snrs=[None, None, 10, 5, 0, -5],
+    )
     assert data.modality_dropout.get("audio", 0) > 0 and data.modality_dropout.get("video", 0) > 0
     add = build_pipeline("train", "audio", data).steps[-1]  # after the time mask: the noise
     speech = torch.from_numpy(
