@@ -26,7 +26,7 @@ from typing import Any
 HELP = "synthesise a corpus, train AVSR with the embedded real models, evaluate, transcribe a raw video"
 DESCRIPTION = __doc__
 EXAMPLES = """\
-llama-avsr demo                       # ≈14 minutes on 2 CPU cores, results in demo_out/
+llama-avsr demo                       # ≈17 minutes on 2 CPU cores (measured 2026-12-01), results in demo_out/
 llama-avsr demo --full -o demo_full   # ASR, VSR and AVSR with babble noise, compared over SNRs (≈55 min)
 llama-avsr demo --minutes 3 train.lr=2e-3
 """
@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="training budget per model in minutes, after a CTC warm-up of about a minute "
-        "(default: the recipe's train.max_minutes, 7 for demo/avsr; 15 with --full: 3 models, ≈55 minutes "
+        "(default: the recipe's train.max_minutes, 9 for demo/avsr; 15 with --full: 3 models, ≈55 minutes "
         "in all on 2 cores)",
     )
     p.add_argument("--train", type=int, default=1200, help="training utterances to synthesise")
