@@ -318,8 +318,10 @@ def test_long_recording_wer_close_to_utterances_one_by_one(trained, tmp_path, ca
     assert len(long.segments) >= len(items) // 2
     print(f"WER one by one {short.rate:.3f}, long recording {long_wer:.3f}, {len(long.segments)} segments")  # noqa: T201
     # the fixture's 250 steps of the demo recipe (fp32 on an AVX2 CPU, modality dropout) measured 0.63
-    # one by one on 2026-12-01; a model at chance would make the 1.5x comparison below say nothing
-    assert short.rate < 0.75, "the test model does not transcribe"
+    # one by one on 2026-12-01 (5b95870) and 0.75 after the lip encoder's centring and the new renderer
+    # (2e598b2, long recording 0.82); a model at chance (WER near 1) would make the 1.5x comparison below
+    # say nothing, so the guard sits between the two
+    assert short.rate < 0.9, "the test model does not transcribe"
     assert long_wer <= 1.5 * short.rate + 0.01
 
     capsys.readouterr()
