@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from llama_avsr.commands.argtypes import positive_int, rate_map, snr_list
+from llama_avsr.config import TASKS
 
 HELP = "evaluate a model directory: WER/CER (+S/I/D), per-utterance JSONL, SNR sweep table, JSON and plot"
 DESCRIPTION = (
@@ -70,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--task",
-        choices=("asr", "vsr", "avsr"),
+        choices=tuple(TASKS),
         default=None,
         help="multi-task models: the task (default: every task of the model)",
     )

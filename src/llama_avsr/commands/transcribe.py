@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from llama_avsr.commands.argtypes import positive_int, rate_map
+from llama_avsr.config import TASKS
 
 HELP = "transcribe videos or audio files (files, folders, globs) with a trained model"
 DESCRIPTION = (
@@ -69,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--task",
-        choices=("asr", "vsr", "avsr"),
+        choices=tuple(TASKS),
         default=None,
         help="multi-task models: the task (default: decided by the streams each file has)",
     )

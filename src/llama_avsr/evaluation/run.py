@@ -241,13 +241,7 @@ def plot_wer_vs_snr(by_label: dict[str, dict[str, dict[str, Any]]], path: str | 
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ticks = numeric + [clean_x]
     ax.set_xticks(ticks, [f"{t:g}" for t in numeric] + ["clean"])
-    ax.set_xlabel("SNR of babble noise (dB)")
-    ax.set_ylabel("WER (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write_with(path, lambda f: fig.savefig(f, dpi=120, format="png"))
-    plt.close(fig)
+    _save_wer_figure(fig, ax, "SNR of babble noise (dB)", path)
 
 
 def evaluate_model_dir(
@@ -330,7 +324,14 @@ def plot_wer_vs_tokens(grid: list[dict[str, Any]], path: str | Path) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
         for x, y, rk in pts:
             ax.annotate(rk, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.set_xlabel("media tokens the LLM reads per second")
+    _save_wer_figure(fig, ax, "media tokens the LLM reads per second", path)
+
+
+def _save_wer_figure(fig, ax, xlabel: str, path: Path) -> None:
+    """Finish a WER plot (axis labels, grid, legend) and write it as a PNG atomically."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("WER (%)")
     ax.grid(alpha=0.3)
     ax.legend()
