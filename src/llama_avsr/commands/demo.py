@@ -34,8 +34,6 @@ llama-avsr demo --minutes 3 train.lr=2e-3
 log = logging.getLogger(__name__)
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "avsr.yaml"
-#: which streams each task keeps from the AVSR demo config (modalities are data)
-TASKS = {"asr": ["audio"], "vsr": ["video"], "avsr": ["audio", "video"]}
 #: the label of the AVSR model evaluated with its video blanked (the default demo's audio-only reference)
 VIDEO_BLANKED = "avsr-video-blanked"
 
@@ -82,14 +80,16 @@ def task_config(
     recipe's ``data.train_snrs``) and the video in training even if the recipe does not (``--full``, which
     compares the modalities in noise; demo/avsr already does); the frozen-encoder feature cache then holds
     nothing for audio, since every noisy input differs."""
-    from llama_avsr.config import apply_overrides
+    from llama_avsr.config import TASKS, apply_overrides
     from llama_avsr.experiment import ExperimentConfig
 
     d = copy.deepcopy(base)
     if noisy:
         d["data"]["train_augment"] = sorted({*d["data"].get("train_augment", []), "audio", "video"})
-    keep = TASKS[task]
-    d["model"]["streams"] = {k: v for k, v in d["model"]["streams"].items() if k in keep}
+    # the streams that read only the task's modalities (config.TASKS: modalities are data)
+    streams = d["model"]["streams"]
+    keep = [k for k, s in streams.items() if set(s["inputs"]) <= set(TASKS[task])]
+    d["model"]["streams"] = {k: streams[k] for k in keep}
     if len(keep) < 2:  # one stream: no other modality to fall back on (the dataset ignores it too)
         d["data"].pop("modality_dropout", None)
     warm = d["train"].get("ctc_warmup_streams")
@@ -111,7 +111,7 @@ def demo_overrides(n_val: int, overrides: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llama_avsr.config import find_recipe, load_yaml
+    from llama_avsr.config import TASKS, find_recipe, load_yaml
     from llama_avsr.evaluation.run import evaluate_model_dir, parse_snrs, plot_wer_vs_snr, results_table
     from llama_avsr.io import atomic_write_json
     from llama_avsr.synth.corpus import MANIFEST, SynthConfig, generate
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     base = load_yaml(find_recipe(args.config))
     minutes = args.minutes or (15.0 if args.full else float(base["train"]["max_minutes"]))
-    tasks = ["asr", "vsr", "avsr"] if args.full else ["avsr"]
+    tasks = list(TASKS) if args.full else ["avsr"]
     overrides = demo_overrides(args.val, args.overrides)
     snrs = parse_snrs(args.snr or ("clean,10,5,0,-5" if args.full else "clean,0"))
     summaries: dict[str, Any] = {}
