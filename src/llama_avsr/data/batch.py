@@ -6,10 +6,17 @@
   ``lengths["video"]``: (B,) frames (25 fps).
 - ``target_ids``: (B, L) int64 transcript tokens followed by EOS, right-padded with ``PAD_LABEL``;
   ``None`` at inference.
+
+A *blanked* modality (modality dropout and ``data.blank_modalities`` in the dataset, a subset of a
+model's streams in ``transcribe`` / ``eval`` / the Python API) keeps its shape and lengths, so prompts
+and placeholders are those of training, and holds zeros in the model's input space: silence for audio,
+the mean gray level for mouth crops (zero after normalisation). :func:`blank_input` and
+:func:`blank_streams` are its one definition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,3 +67,16 @@ class Batch:
             lengths={k: v.pin_memory() for k, v in self.lengths.items()},
             target_ids=None if self.target_ids is None else self.target_ids.pin_memory(),
         )
+
+
+def blank_input(x: torch.Tensor) -> torch.Tensor:
+    """A modality's transformed input (one item, or a batch) with the signal removed, same shape."""
+    return torch.zeros_like(x)
+
+
+def blank_streams(batch: Batch, keep: Sequence[str]) -> Batch:
+    """Blank the inputs of every modality of ``batch`` not in ``keep`` (in place; returns the batch)."""
+    for m, x in batch.inputs.items():
+        if m not in keep:
+            batch.inputs[m] = blank_input(x)
+    return batch

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from llama_avsr import media
 from llama_avsr.config import MODALITIES
-from llama_avsr.data.batch import Batch
+from llama_avsr.data.batch import Batch, blank_input
 from llama_avsr.data.config import DataConfig
 from llama_avsr.data.corpus import SAMPLES_PER_FRAME, PackedUtterances, Utterance, read_labels
 from llama_avsr.data.sampler import FrameBudgetBatchSampler, mix_seed
@@ -234,12 +234,6 @@ class AVDataset(Dataset):
             utt = self.utterances[index]
             log.warning("skipping utterance %s: %s", utt.id, e)
             return SkippedItem(utt.id, str(e))
-
-
-def blank_input(x: torch.Tensor) -> torch.Tensor:
-    """A modality's transformed input with the signal removed, same shape: zeros are silence for audio
-    and, after the video normalisation, a uniform mean-gray frame (no mouth) for video."""
-    return torch.zeros_like(x)
 
 
 def cut_or_pad(x: torch.Tensor, length: int) -> torch.Tensor:

@@ -1,18 +1,10 @@
-"""Using a subset of a model's streams: the others are blanked (their input zeroed), in ``transcribe``,
-``eval`` and the Python API alike.
-
-A blanked modality keeps its shape and lengths (so prompts and placeholders are those of training) and
-holds zeros in the model's input space: silence for audio, the mean gray level for mouth crops (zero
-after normalisation).
-"""
+"""Using a subset of a model's streams: the others are blanked, in ``transcribe``, ``eval`` and the
+Python API alike (what a blanked modality holds: :mod:`llama_avsr.data.batch`, the one definition that
+training's modality dropout uses too)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
-
-from llama_avsr.data.batch import Batch
 
 
 def check_streams(streams: Sequence[str] | str | None, modalities: Sequence[str]) -> tuple[str, ...]:
@@ -26,11 +18,3 @@ def check_streams(streams: Sequence[str] | str | None, modalities: Sequence[str]
     if unknown or not streams:
         raise ValueError(f"streams {list(streams)}: choose one or more of this model's {list(modalities)}")
     return tuple(m for m in modalities if m in streams)
-
-
-def blank_streams(batch: Batch, keep: Sequence[str]) -> Batch:
-    """Zero the inputs of every modality of ``batch`` not in ``keep`` (in place; returns the batch)."""
-    for m, x in batch.inputs.items():
-        if m not in keep:
-            batch.inputs[m] = torch.zeros_like(x)
-    return batch

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from llama_avsr.config import TASKS, task_of
+from llama_avsr.data.batch import blank_streams
 from llama_avsr.data.collate import Collator
 from llama_avsr.data.transforms import build_transforms
 from llama_avsr.decoding.media import (
@@ -37,7 +38,7 @@ from llama_avsr.decoding.media import (
 from llama_avsr.decoding.options import DecodingOptions
 from llama_avsr.decoding.search import Hypothesis, decode, parse_rates
 from llama_avsr.decoding.segment import FRAME, plan_segments, quietest_between
-from llama_avsr.decoding.streams import blank_streams, check_streams
+from llama_avsr.decoding.streams import check_streams
 from llama_avsr.devices import resolve_device
 from llama_avsr.experiment import ExperimentConfig
 from llama_avsr.media import SAMPLE_RATE, VIDEO_FPS

@@ -15,12 +15,13 @@ import torch
 from tqdm import tqdm
 
 from llama_avsr.config import TASKS, rates_key
+from llama_avsr.data.batch import blank_streams
 from llama_avsr.data.collate import Collator
 from llama_avsr.data.config import DataConfig
 from llama_avsr.data.dataset import build_dataloader, load_split
 from llama_avsr.decoding.options import DecodingOptions
 from llama_avsr.decoding.search import decode
-from llama_avsr.decoding.streams import blank_streams, check_streams
+from llama_avsr.decoding.streams import check_streams
 from llama_avsr.evaluation import report
 from llama_avsr.evaluation.metrics import char_errors, word_errors
 from llama_avsr.evaluation.report import results_table, speaker_table  # noqa: F401  (re-exported)
@@ -64,7 +65,7 @@ def decode_split(
     with the cost side: media tokens the LLM reads per second of media and the LLM's prefill FLOPs per
     utterance (2 · non-embedding parameters · input tokens, attention not counted).
 
-    streams: use only these of the model's streams; the others are blanked (``decoding/streams.py``).
+    streams: use only these of the model's streams; the others are blanked (``data/batch.py``).
     task, rates: a multi-task / multi-rate model's task and compression rates (default: the model's).
     """
     options = options or DecodingOptions()
