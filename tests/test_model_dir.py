@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_av import av_model_dict
 
 from llama_avsr.config import ModelConfig, from_dict
 from llama_avsr.data.collate import Collator
@@ -34,41 +35,16 @@ from llama_avsr.training.config import ExperimentConfig
 TEXTS = ["hello world", "the cat sat"]
 OPTS = DecodingOptions(num_beams=3, max_new_tokens=6)
 
-# everything random and frozen except projectors and LoRA: the directory must carry the frozen weights
-WHISPER = {"kind": "whisper", "arch": "tiny-whisper", "options": {"pad_to_30s": False}}
-AVHUBERT = {"kind": "avhubert", "arch": "tiny-avhubert", "options": {"lora": True}}
-
 
 def model_cfg(ratio: int = 3) -> ModelConfig:
     return from_dict(
         ModelConfig,
-        {
-            "encoders": {"whisper": WHISPER, "avhubert": AVHUBERT},
-            "streams": {
-                "audio": {
-                    "encoder": "whisper",
-                    "inputs": ["audio"],
-                    "compression": {"kind": "stack", "ratio": ratio},
-                    "projector": {"hidden": 32},
-                    "begin_token": "<audio>",
-                    "end_token": "</audio>",
-                },
-                "video": {
-                    "encoder": "avhubert",
-                    "inputs": ["video"],
-                    "compression": {"kind": "stack", "ratio": 2},
-                    "projector": {"hidden": 32, "layernorm": True},
-                    "begin_token": "<video>",
-                    "end_token": "</video>",
-                },
-            },
-            "llm": {
-                "source": None,
-                "arch": "tiny-llama",
-                "tokenizer": "smollm2-135m",
-                "lora": {"reduction": 8, "alpha": 4},
-            },
-        },
+        av_model_dict(
+            {"kind": "stack", "ratio": ratio},
+            {"kind": "stack", "ratio": 2},
+            {"reduction": 8, "alpha": 4},
+            video_layernorm=True,
+        ),
     )
 
 

@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+from tiny_av import av_model_dict
 
 from llama_avsr.cli import main
 from llama_avsr.config import ConfigError, ModelConfig, from_dict
@@ -22,42 +23,17 @@ from llama_avsr.training.objective import objective, plan
 
 TEXTS = ["hello world", "the cat sat", "hi there", "good morning"]
 OPTS = DecodingOptions(num_beams=2, max_new_tokens=4)
-WHISPER = {"kind": "whisper", "arch": "tiny-whisper", "options": {"pad_to_30s": False}}
-AVHUBERT = {"kind": "avhubert", "arch": "tiny-avhubert", "options": {"lora": True}}
 
 
 def omni_cfg(
     strategy: str = "shared+specific", specific_to: str = "task", tasks=("asr", "vsr", "avsr"), **audio
 ):
-    compression = {"kind": "stack", "ratios": [2, 4], **audio}
-    return {
-        "encoders": {"whisper": WHISPER, "avhubert": AVHUBERT},
-        "streams": {
-            "audio": {
-                "encoder": "whisper",
-                "inputs": ["audio"],
-                "compression": compression,
-                "projector": {"hidden": 32},
-                "begin_token": "<audio>",
-                "end_token": "</audio>",
-            },
-            "video": {
-                "encoder": "avhubert",
-                "inputs": ["video"],
-                "compression": {"kind": "stack", "ratios": [1, 2]},
-                "projector": {"hidden": 32},
-                "begin_token": "<video>",
-                "end_token": "</video>",
-            },
-        },
-        "tasks": list(tasks) if tasks is not None else None,
-        "llm": {
-            "source": None,
-            "arch": "tiny-llama",
-            "tokenizer": "smollm2-135m",
-            "lora": {"reduction": 8, "alpha": 4, "strategy": strategy, "specific_to": specific_to},
-        },
-    }
+    return av_model_dict(
+        {"kind": "stack", "ratios": [2, 4], **audio},
+        {"kind": "stack", "ratios": [1, 2]},
+        {"reduction": 8, "alpha": 4, "strategy": strategy, "specific_to": specific_to},
+        tasks=list(tasks) if tasks is not None else None,
+    )
 
 
 def build(**kw) -> ModelConfig:
