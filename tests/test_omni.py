@@ -369,3 +369,96 @@ def test_omni_checkpoint_imports_with_its_tasks_rates_and_lora_sum(tokenizer, ba
     other = AVSRModel(build(strategy="specific", specific_to="rates"), tokenizer=tokenizer)
     with pytest.raises(ReferenceCheckpointError, match="does not match the recipe"):
         load_reference_state(other, state, "omni.pth")
+
+
+# -- Llama-MTSK checkpoints (one task, Matryoshka rates, global / scale-specific LoRA) ---------------
+
+#: Llama-MTSK's LoRA strategies as our config: MS (one LoRA for all rates), SS (one per rate), MSS (both)
+MTSK = {"MS": "shared", "SS": "specific", "MSS": "shared+specific"}
+#: the tiny AVSR model's rate combinations in the order Llama-MTSK builds them (video outer, audio inner)
+MTSK_ORDER = [{"audio": a, "video": v} for v in (1, 2) for a in (2, 4)]
+
+
+def mtsk_checkpoint(model: AVSRModel, variant: str, seed: int = 5) -> dict[str, torch.Tensor]:
+    """A synthetic Llama-MTSK (AVSR) state dict in the layout of its public code: per-rate projectors
+    ``audio_proj.I.*``, LoRA as ``lora_down_Q`` (MS), ``local_loras.I.lora_down_Q`` (SS) and
+    ``global_lora.lora_down_Q`` beside them (MSS), AV-HuBERT LoRA, frozen weights of the random parts."""
+    from llama_avsr.reference import reference_key
+
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda shape: torch.randn(shape, generator=g) * 0.1  # noqa: E731
+    state: dict[str, torch.Tensor] = {}
+    for key, t in model.state_dict().items():
+        if ".lora_" not in key and not key.startswith("projectors."):
+            ref = reference_key(model, key)
+            if ref is not None:
+                state[ref] = t.clone()
+    hid, r = model.hidden_size, model.cfg.llm.lora.rank_for(model.hidden_size)
+    modules = {"MS": [""], "SS": [], "MSS": ["global_lora."]}[variant]
+    if variant != "MS":
+        modules += [f"local_loras.{i}." for i in range(len(MTSK_ORDER))]
+    for n in range(2):  # tiny-llama's layers
+        for module in modules:
+            for t, out in (("Q", hid), ("V", base_v_out(model))):
+                state[f"llm.model.layers.{n}.self_attn.{module}lora_down_{t}.weight"] = rnd((r, hid))
+                state[f"llm.model.layers.{n}.self_attn.{module}lora_up_{t}.weight"] = rnd((out, r))
+    for stream, rates in (("audio", [2, 4]), ("video", [1, 2])):
+        for i, k in enumerate(rates):
+            for layer, t in model.projector(stream, k).state_dict().items():
+                state[f"{stream}_proj.{i}.{layer}"] = rnd(t.shape)
+    for key, t in model.encoders["avhubert"].state_dict().items():
+        if ".lora_" in key:
+            state["video_encoder." + key.removeprefix("model.")] = rnd(t.shape)
+    return state
+
+
+def test_mtsk_local_lora_order_is_the_reference_matryoshka_loop():
+    from llama_avsr.reference import reference_rate_order
+
+    assert reference_rate_order(build(strategy="specific", specific_to="rates", tasks=None)) == MTSK_ORDER
+    asr = omni_cfg(strategy="specific", specific_to="rates", tasks=None, ratios=[4, 2, 8])
+    del asr["streams"]["video"], asr["encoders"]["avhubert"]
+    assert reference_rate_order(from_dict(ModelConfig, asr)) == [{"audio": 4}, {"audio": 2}, {"audio": 8}]
+    assert reference_rate_order(build(strategy="specific", specific_to="rates")) is None  # multi-task
+
+
+@pytest.mark.parametrize("variant", ["MS", "SS", "MSS"])
+def test_mtsk_checkpoint_imports_with_per_rate_projectors_and_lora(variant, tokenizer, batch):
+    from llama_avsr.models.llm import base_causal_lm
+    from llama_avsr.reference import ReferenceCheckpointError, load_reference_state
+
+    torch.manual_seed(0)
+    cfg = build(strategy=MTSK[variant], specific_to="rates", tasks=None)
+    model = AVSRModel(cfg, tokenizer=tokenizer).eval()
+    state = mtsk_checkpoint(model, variant)
+    report = load_reference_state(model, state, "mtsk.pth")
+    assert len(report.trainable) == len(model.trainable_state_dict())
+    assert set(report.trainable.values()) == {
+        k for k in state if ".lora_" in k or k.startswith(("audio_proj.", "video_proj."))
+    }
+    assert torch.equal(model.projector("audio", 4)[2].weight, state["audio_proj.1.2.weight"])
+    assert torch.equal(model.projector("video", 2)[0].bias, state["video_proj.1.0.bias"])
+    # at each rate combination: q = W x + (local_I + global) · alpha / reduction, I its place in MTSK_ORDER
+    attn = base_causal_lm(model.llm).model.layers[1].self_attn
+    x = torch.randn(3, model.hidden_size)
+    pre = "llm.model.layers.1.self_attn."
+    for i, rates in enumerate(MTSK_ORDER):
+        model.select("avsr", rates)
+        with torch.no_grad():
+            got = attn.v_proj(x)
+        modules = {"MS": [""], "SS": [f"local_loras.{i}."], "MSS": [f"local_loras.{i}.", "global_lora."]}
+        lora = sum(
+            x @ state[f"{pre}{m}lora_down_V.weight"].T @ state[f"{pre}{m}lora_up_V.weight"].T
+            for m in modules[variant]
+        )
+        want = attn.v_proj.base_layer(x) + lora * cfg.llm.lora.scaling
+        assert torch.allclose(got, want, atol=1e-5), rates
+    if variant == "MSS":  # the imported model decodes at every rate combination
+        for rates in MTSK_ORDER:
+            assert len(decode(model, batch.select([0]), OPTS, "avsr", rates)) == 1
+    # a checkpoint of another strategy does not fit the recipe: a clear error, nothing loaded
+    other = mtsk_checkpoint(model, "MS" if variant != "MS" else "SS", seed=6)
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    with pytest.raises(ReferenceCheckpointError, match="does not match the recipe"):
+        load_reference_state(model, other, "mtsk.pth")
+    assert all(torch.equal(v, before[k]) for k, v in model.trainable_state_dict().items())

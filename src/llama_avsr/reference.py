@@ -36,8 +36,26 @@ Omni-AVSR / Llama-MTSK checkpoints (the same ``AVSR_LLMs`` module with Matryoshk
 ``…self_attn.lora_{down,up}_{Q,V}_shared.weight``                     the shared adapter of ``shared+specific``
 ====================================================================  ==========================================
 
-The reference sums the task and shared adapters before one ``alpha / reduction`` scaling; PEFT scales each
-active adapter by the same factor, the same map. Adapters keyed on rates have no public layout to import.
+Llama-MTSK checkpoints (one task, Matryoshka rates; its LoRA strategies MS / SS / MSS):
+
+====================================================================  ==========================================
+``…self_attn.lora_{down,up}_{Q,V}.weight`` (MS: one LoRA for every    the one adapter (``lora.strategy: shared``)
+rate)
+``…self_attn.local_loras.I.lora_{down,up}_{Q,V}.weight`` (SS: one     the adapter of the I-th rate combination
+LoRA per rate)                                                        (``specific``, ``specific_to: rates``)
+``…self_attn.global_lora.lora_{down,up}_{Q,V}.weight`` (MSS: the      the shared adapter of ``shared+specific``
+global LoRA beside the local ones)                                    (``specific_to: rates``)
+====================================================================  ==========================================
+
+The reference sums the task (or local) and shared (or global) adapters before one ``alpha / reduction``
+scaling; PEFT scales each active adapter by the same factor, the same map. The Llama-MTSK layout is that of
+its public ``Llama_MatryLoRA.py`` (``LoRA`` modules in ``local_loras`` / ``global_lora``; in the first
+commits of the Omni-AVSR repository). That code never ties a local LoRA to a rate (the ``matrylora_index``
+its attention takes is not set from the rates in any public model file), so the I-th local LoRA is taken to
+be the I-th rate combination in the order the reference builds its Matryoshka sequences
+(:func:`reference_rate_order`): for one modality the order of its ``downsample_ratio_*`` list (our
+``compression.ratios``), for AVSR the video rate outer and the audio rate inner. Rate-specific adapters of
+a multi-task model, and ``specific_to: task+rates``, have no public layout to import.
 
 LoRA semantics.  The reference computes ``q = W_q x + up(down(x)) · alpha / reduction`` with bottleneck
 r = hidden / reduction; our PEFT LoRA computes ``W_q x + B(A(x)) · lora_alpha / r`` with
@@ -51,6 +69,7 @@ Files are read with ``torch.load(weights_only=True)`` (``llama_avsr.safe_load``)
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import re
@@ -62,6 +81,7 @@ from typing import Any
 import torch
 
 from llama_avsr import safe_load
+from llama_avsr.config import SHARED_ADAPTER, rates_key
 from llama_avsr.errors import UserError
 from llama_avsr.experiment import ExperimentConfig
 from llama_avsr.models.avsr import AVSRModel
@@ -92,6 +112,8 @@ _PEFT_LORA = re.compile(r"^(?P<pre>.*\.self_attn)\.(?P<t>[qv])_proj\.lora_(?P<ab
 _REF_LORA = re.compile(r"^llm\..*\.lora_(down|up)_[A-Z](_shared)?(\.[a-z]+)?\.weight$")
 #: the reference's modality names of the tasks (Omni-AVSR's task-specific LoRA keys)
 REFERENCE_TASKS: dict[str, str] = {"asr": "audio", "vsr": "video", "avsr": "audiovisual"}
+#: how Llama-MTSK nests its streams' rates when it builds the audio-visual sequences (outer first)
+REFERENCE_NESTING: tuple[str, ...] = ("video", "audio")
 _REF_PROJ = re.compile(r"^[a-z]+_proj\.\d+\.")
 _WEIGHT_NORM = {
     ".parametrizations.weight.original0": ".weight_g",
@@ -182,24 +204,49 @@ def reference_key(model: AVSRModel, key: str) -> str | None:
         m = _PEFT_LORA.match(rest)
         if m:
             kind = "down" if m["ab"] == "A" else "up"
-            suffix = _reference_adapter(cfg, m["ad"])
-            if suffix is None:
-                return None
-            return f"llm.{m['pre']}.lora_{kind}_{m['t'].upper()}{suffix}.weight"
+            return _reference_lora_key(cfg, f"llm.{m['pre']}", f"lora_{kind}_{m['t'].upper()}", m["ad"])
         if ".lora_" in rest:
             return None
         return "llm." + rest.replace(".base_layer.", ".")
     return None
 
 
-def _reference_adapter(cfg, adapter: str) -> str | None:
-    """The reference's suffix of one of our LoRA adapters: ``""`` (Llama-AVSR's one adapter, Omni-AVSR-S),
-    ``_shared`` (Omni-AVSR-ST's shared one), ``.audio`` / ``.video`` / ``.audiovisual`` (a task's)."""
+def reference_rate_order(cfg) -> list[dict[str, int]] | None:
+    """The rate combinations in the order of Llama-MTSK's local LoRAs (``local_loras.I``): the order the
+    reference builds its Matryoshka sequences in — one modality's rates as listed, AVSR's with the video
+    rate outer and the audio rate inner. ``None`` for a multi-task model (no public layout)."""
+    if len(cfg.task_names) != 1:
+        return None
+    streams = cfg.task_streams(cfg.default_task)
+    nesting = sorted(streams, key=lambda s: REFERENCE_NESTING.index(s) if s in REFERENCE_NESTING else -1)
+    combos = [
+        dict(zip(nesting, ks, strict=True))
+        for ks in itertools.product(*(cfg.streams[s].compression.rates for s in nesting))
+    ]
+    return [{s: c[s] for s in streams} for c in combos]  # our stream order: the adapter names'
+
+
+def _reference_lora_key(cfg, pre: str, name: str, adapter: str) -> str | None:
+    """The reference key of one of our LoRA adapters' matrices (``name``: ``lora_down_Q`` …) in the
+    attention module ``pre``: Llama-AVSR's one adapter and Omni-AVSR-S / Llama-MTSK MS (``name``),
+    Omni-AVSR-ST's shared one (``name_shared``), a task's (``name.audio`` / ``.video`` / ``.audiovisual``),
+    Llama-MTSK's local LoRA of a rate combination (``local_loras.I.name``) and its global one
+    (``global_lora.name``); ``None``: no counterpart."""
     lora = cfg.llm.lora
-    if adapter == "default":
-        return "" if lora.strategy == "shared" else "_shared"
+    if adapter == SHARED_ADAPTER:
+        if lora.strategy == "shared":
+            return f"{pre}.{name}.weight"
+        if lora.specific_to == "task":
+            return f"{pre}.{name}_shared.weight"
+        if lora.specific_to == "rates":
+            return f"{pre}.global_lora.{name}.weight"
+        return None
     if lora.specific_to == "task" and adapter in REFERENCE_TASKS:
-        return f".{REFERENCE_TASKS[adapter]}"
+        return f"{pre}.{name}.{REFERENCE_TASKS[adapter]}.weight"
+    if lora.specific_to == "rates":
+        order = [rates_key(r) for r in reference_rate_order(cfg) or []]
+        if adapter in order:
+            return f"{pre}.local_loras.{order.index(adapter)}.{name}.weight"
     return None
 
 
@@ -360,6 +407,13 @@ def load_reference_state(
         hints = []
         if any("_encoder." in k and ".lora_" in k for k in stray):
             hints.append("the checkpoint has AV-HuBERT LoRA: set options: {lora: true} on that encoder")
+        lora = model.cfg.llm.lora
+        if lora is not None and lora.strategy != "shared" and reference_rate_order(model.cfg) is None:
+            if "rates" in lora.specific_to:
+                hints.append(
+                    "rate-specific LoRA has a public layout only in single-task Llama-MTSK checkpoints "
+                    "(local_loras.I / global_lora); Omni-AVSR's specific adapters are per task"
+                )
         if any(_REF_PROJ.match(m) for m in missing):
             have = sorted({k.split(".")[0] for k in state if _REF_PROJ.match(k)})
             hints.append(
