@@ -228,7 +228,12 @@ def test_cli_folders_globs_outputs_and_same_text_as_the_api(
         assert [(s["start"], s["end"], s["text"]) for s in r["segments"]] == [
             (s.start, s.end, s.text) for s in api.segments
         ]
-    assert sorted(p.name for p in out.iterdir()) == [f"talk.{f}" for f in ("json", "srt", "txt", "vtt")]
+    # the folder's files keep their place below it (its talk.mp4 shares a name with talk.wav: suffix kept)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == [
+        *(f"sub/talk.mp4.{f}" for f in ("json", "srt", "txt", "vtt")),
+        *(f"talk.{f}" for f in ("json", "srt", "txt", "vtt")),
+    ]
+    assert (out / "sub" / "talk.mp4.srt").read_text() == (out / "talk.srt").read_text()
     assert json.loads((out / "talk.json").read_text())["text"] == api.text
     assert (out / "talk.txt").read_text().split() == api.text.split()
     cues = [s for s in api.segments if s.text]
@@ -240,6 +245,26 @@ def test_cli_folders_globs_outputs_and_same_text_as_the_api(
     assert [(c.start, c.end, c.text) for c in vtt] == [
         (timestamp(s.start, "."), timestamp(s.end, "."), s.text) for s in cues
     ]
+
+
+def test_output_names_keep_a_folders_layout_and_never_overwrite(tmp_path):
+    """LRS3's layout repeats clip names across speakers: each input gets its own output files."""
+    from llama_avsr.commands.transcribe import expand_inputs, output_names
+    from llama_avsr.errors import UserError
+
+    for rel in ("lrs3/spk1/00001.mp4", "lrs3/spk2/00001.mp4", "lrs3/spk2/00001.wav", "a/x.mp4", "b/x.mp4"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    found, missing = expand_inputs([str(tmp_path / "lrs3"), str(tmp_path / "a" / "x.mp4")])
+    assert missing == []
+    assert sorted(output_names(found).values()) == [
+        "spk1/00001", "spk2/00001.mp4", "spk2/00001.wav", "x"
+    ]  # fmt: skip
+    found, _ = expand_inputs([str(tmp_path / "a" / "*.mp4"), str(tmp_path / "b" / "*.mp4")])
+    with pytest.raises(UserError, match="x.mp4 .* would write the same output files"):
+        output_names(found)
+    found, _ = expand_inputs([str(tmp_path / "a"), str(tmp_path / "a" / "x.mp4")])  # one file, given twice
+    assert list(output_names(found).values()) == ["x"]
 
 
 def test_writers_on_a_known_result():

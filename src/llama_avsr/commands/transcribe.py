@@ -44,7 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="model directory (written by `llama-avsr train` / `import-reference`) or a hub repo id",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
-    p.add_argument("--output-dir", "-o", default=None, help="write <file stem>.<format> files here")
+    p.add_argument(
+        "--output-dir",
+        "-o",
+        default=None,
+        help="write <file stem>.<format> files here (files found in a folder: their path below it)",
+    )
     p.add_argument(
         "--output-format",
         "-f",
@@ -96,25 +101,53 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def expand_inputs(specs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (media files inside, recursively, sorted) and globs → (paths, specs matching nothing)."""
-    paths: list[Path] = []
+def expand_inputs(specs: list[str]) -> tuple[dict[Path, Path], list[str]]:
+    """Files, folders (media files inside, recursively, sorted) and globs → ({path: output name}, specs
+    matching nothing). The output name (no suffix) is the file's stem, or for a file found in a folder
+    argument its path below that folder, so that ``speaker/00001.mp4`` and ``other/00001.mp4`` (LRS3's
+    layout) do not write the same files."""
+    found: dict[Path, Path] = {}
     missing: list[str] = []
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES)
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES)
+            names = [f.relative_to(p).with_suffix("") for f in files]
         elif p.exists():
-            found = [p]
+            files, names = [p], [Path(p.stem)]
         elif glob.has_magic(spec):
-            found = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file())
-            found = [f for f in found if f.suffix.lower() in MEDIA_SUFFIXES]
+            files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file())
+            files = [f for f in files if f.suffix.lower() in MEDIA_SUFFIXES]
+            names = [Path(f.stem) for f in files]
         else:
-            found = []
-        if not found:
+            files, names = [], []
+        if not files:
             missing.append(spec)
-        paths += found
-    return list(dict.fromkeys(paths)), missing
+        for f, name in zip(files, names, strict=True):
+            found.setdefault(f, name)
+    return found, missing
+
+
+def output_names(found: dict[Path, Path]) -> dict[Path, str]:
+    """Each input's output name, unique: the name :func:`expand_inputs` gave it; inputs that share one get
+    their file's suffix too (``talk.mp4`` / ``talk.wav``). Two inputs still sharing a name are a
+    :class:`~llama_avsr.errors.UserError` (one would overwrite the other's files)."""
+    from collections import Counter
+
+    from llama_avsr.errors import UserError
+
+    count = Counter(found.values())
+    names = {f: (n.with_name(f.name) if count[n] > 1 else n).as_posix() for f, n in found.items()}
+    clash: dict[str, list[Path]] = {}
+    for f, n in names.items():
+        clash.setdefault(n, []).append(f)
+    for n, files in clash.items():
+        if len(files) > 1:
+            raise UserError(
+                f"{files[0]} and {files[1]} would write the same output files ({n}.*): give their "
+                "folder instead of a glob, or transcribe them with different --output-dir"
+            )
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,7 +159,9 @@ def run(args: argparse.Namespace) -> int:
     from llama_avsr.errors import UserError
 
     formats = parse_formats(args.output_format)
-    paths, missing = expand_inputs(args.files)
+    found, missing = expand_inputs(args.files)
+    paths = list(found)
+    stems = output_names(found) if args.output_dir else {}
     failures = len(missing)
     for spec in missing:
         msg = f"{spec}: file not found" if not glob.has_magic(spec) else f"{spec}: no media file matches"
@@ -181,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
                     _report_error(args, m.name, str(e))
         for r in results:
             if args.output_dir:
-                write_result(r, args.output_dir, formats)
+                write_result(r, args.output_dir, formats, stem=stems.get(Path(r.name)))
             if args.json:
                 print(json.dumps(r.to_dict(), ensure_ascii=False))  # noqa: T201
             else:

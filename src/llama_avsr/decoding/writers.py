@@ -62,10 +62,11 @@ def write_result(
     result: Result, output_dir: str | Path, formats: Sequence[str] = FORMATS, stem: str | None = None
 ) -> list[Path]:
     """Write ``result`` in each format to ``<output_dir>/<stem>.<format>`` (stem: the input's file name
-    without suffix). Returns the paths written."""
+    without suffix; a relative path such as ``speaker/00001`` writes into that sub-folder). Returns the
+    paths written."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     stem = stem or Path(result.name).stem or "transcript"
+    (out / stem).parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = out / f"{stem}.{fmt}"
