@@ -287,8 +287,12 @@ def test_writers_on_a_known_result():
 # -- inference without training code -------------------------------------------------------------------
 
 
-def test_transcription_imports_no_training_code(tiny_model_dir, recording):
+def test_transcription_imports_no_training_code(tiny_model_dir, recording, corpus):
+    """A mouth-ROI recording and a raw full-face video (face detection on the fly) are transcribed with
+    training code blocked from import, and only the inference stages are loaded: prepare/, data/,
+    models/, decoding/, the model directory and the config layer below them."""
     mp4, _ = recording
+    face = next((corpus / "raw").rglob("*.mp4"))
     script = textwrap.dedent(
         f"""
         import importlib.abc, sys
@@ -305,13 +309,20 @@ def test_transcription_imports_no_training_code(tiny_model_dir, recording):
         model = llama_avsr.decoding.load_model({str(tiny_model_dir)!r}, device="cpu")
         media = llama_avsr.decoding.load_media({str(mp4)!r})
         print(len(model.transcribe(media).segments))
+        print(len(model.transcribe({str(face)!r}).segments))
         print(sorted(m for m in sys.modules if m.startswith(BLOCKED)))
+        print(",".join(sorted({{m.split(".")[1] for m in sys.modules if m.startswith("llama_avsr.")}})))
         """
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    n, mods = proc.stdout.strip().splitlines()[-2:]
-    assert int(n) >= 5 and mods == "[]"
+    n, n_face, mods, packages = proc.stdout.strip().splitlines()[-4:]
+    assert int(n) >= 5 and int(n_face) >= 1 and mods == "[]"
+    stages = {"prepare", "data", "models", "decoding", "model_dir", "hub"}
+    config_layer = {"config", "experiment", "media", "io", "errors", "devices", "registry", "safe_load"}
+    loaded = set(packages.split(","))
+    assert {"prepare", "decoding", "models", "data", "model_dir"} <= loaded
+    assert loaded <= stages | config_layer, f"inference loaded {sorted(loaded - stages - config_layer)}"
 
 
 # -- a model that transcribes (slow) --------------------------------------------------------------------
