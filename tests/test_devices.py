@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llama_avsr.config import torch_dtype
-from llama_avsr.devices import auto_dtype_name, native_bf16, resolve_precision
+from llama_avsr.devices import auto_dtype_name, native_bf16, resolve_device, resolve_precision
 from llama_avsr.experiment import ExperimentConfig
 
 
@@ -33,3 +33,16 @@ def test_torch_dtype_auto_and_unknown():
 def test_demo_recipes_run_in_native_precision(recipe):
     exp = ExperimentConfig.load(recipe)
     assert exp.train.precision == "auto" and exp.model.llm.dtype == "auto"
+
+
+def test_auto_device_picks_cuda_then_mps_then_cpu(monkeypatch):
+    """``device="auto"`` (the API, eval, transcribe, serve, bench) runs on a GPU when there is one."""
+    mps = getattr(torch.backends, "mps", None)
+    for cuda, apple, want in [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        if mps is not None:
+            monkeypatch.setattr(mps, "is_available", lambda apple=apple: apple)
+        elif want == "mps":
+            continue
+        assert resolve_device("auto") == torch.device(want) and resolve_device(None) == torch.device(want)
+    assert resolve_device("cuda:1") == torch.device("cuda:1") and resolve_device("cpu").type == "cpu"
