@@ -267,6 +267,23 @@ def test_output_names_keep_a_folders_layout_and_never_overwrite(tmp_path):
     assert list(output_names(found).values()) == ["x"]
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["-o", "out", "-f", "srt,doc"], "--output-format: output format(s) ['doc']: choose from"),
+        (["-f", "srt"], "--output-format says which files --output-dir gets: give --output-dir too"),
+    ],
+)
+def test_cli_output_options_mistakes_are_one_line_errors(options, message, tmp_path, capsys, monkeypatch):
+    """Checked before a model is loaded (the model named here does not exist)."""
+    monkeypatch.chdir(tmp_path)
+    args = ["transcribe", "--model", str(tmp_path / "no-model"), str(tmp_path / "a.mp4"), *options]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"llama-avsr transcribe: {message}"), err
+    assert "Traceback" not in err and "\n" not in err and not (tmp_path / "out").exists()
+
+
 def test_writers_on_a_known_result():
     import srt
     import webvtt

@@ -53,8 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output-format",
         "-f",
-        default="all",
-        help="with --output-dir: comma-separated txt, json, srt, vtt, or all",
+        default=None,
+        help="with --output-dir: comma-separated txt, json, srt, vtt, or all (default: all)",
     )
     p.add_argument(
         "--prepared",
@@ -158,7 +158,12 @@ def run(args: argparse.Namespace) -> int:
     from llama_avsr.decoding.writers import parse_formats, write_result
     from llama_avsr.errors import UserError
 
-    formats = parse_formats(args.output_format)
+    if args.output_format is not None and not args.output_dir:
+        raise UserError("--output-format says which files --output-dir gets: give --output-dir too")
+    try:
+        formats = parse_formats(args.output_format or "all")
+    except ValueError as e:
+        raise UserError(f"--output-format: {e}") from e
     found, missing = expand_inputs(args.files)
     paths = list(found)
     stems = output_names(found) if args.output_dir else {}
