@@ -24,16 +24,24 @@ def test_registered_and_shapes() -> None:
     assert torch.all(feats[1, 13:] == 0) and torch.all(feats[2, 7:] == 0)  # padding frames stay empty
 
 
-@pytest.mark.parametrize("subtract_mean", [True, False])
-def test_item_does_not_depend_on_its_batch(subtract_mean: bool) -> None:
+FRONT_ENDS = {
+    "conv stem, post-norm blocks": {"input_size": 44, "widths": [16, 32, 64], "prenorm": False},
+    "conv stem, raw frames": {"input_size": 44, "widths": [16, 32, 64], "subtract_mean": False},
+    "pixels, pre-norm blocks": {"input_size": 22, "widths": [], "prenorm": True},
+}
+
+
+@pytest.mark.parametrize("options", FRONT_ENDS.values(), ids=FRONT_ENDS.keys())
+def test_item_does_not_depend_on_its_batch(options: dict) -> None:
     """An utterance's features are the same alone and next to a longer one (padding leaks nowhere)."""
     torch.manual_seed(0)
-    enc = _enc(subtract_mean=subtract_mean).eval()
+    enc = _enc(**options).eval()
     a, b = torch.randn(1, 9, 1, 88, 88), torch.randn(1, 16, 1, 88, 88)
     alone, _ = enc({"video": a}, {"video": torch.tensor([9])})
     padded = torch.cat([torch.cat([a, torch.randn(1, 7, 1, 88, 88)], 1), b])  # garbage in a's padding
     both, _ = enc({"video": padded}, {"video": torch.tensor([9, 16])})
-    torch.testing.assert_close(both[0, :9], alone[0], atol=1e-5, rtol=1e-4)
+    # float32 convolutions of batches of 1 and 2 round differently (~1e-5); leaked padding would be O(1)
+    torch.testing.assert_close(both[0, :9], alone[0], atol=1e-4, rtol=1e-3)
 
 
 def _talking_mouth(frames: int = 50) -> torch.Tensor:
@@ -53,14 +61,18 @@ def _talking_mouth(frames: int = 50) -> torch.Tensor:
     return ((x - VIDEO_MEAN) / VIDEO_STD)[None, :, None]
 
 
-@pytest.mark.parametrize("center", [True, False])
-def test_features_follow_the_lips_not_the_face(center: bool) -> None:
+@pytest.mark.parametrize(
+    ("center", "options"),
+    [(True, o) for o in FRONT_ENDS.values()] + [(False, FRONT_ENDS["conv stem, post-norm blocks"])],
+    ids=[*FRONT_ENDS.keys(), "conv stem, post-norm blocks, not centred"],
+)
+def test_features_follow_the_lips_not_the_face(center: bool, options: dict) -> None:
     """With the features centred per utterance (the default), a randomly initialised encoder's output
     moves with the lips and differs from that of a blank video; without it the static part of every
     frame dominates and the per-frame LayerNorm leaves a near-constant (measured 0.07 of the features'
     size over time, 0.06 from a blank video; a demo model trained so read its video as a constant)."""
     torch.manual_seed(0)
-    enc = _enc(center_features=center).eval()
+    enc = _enc(center_features=center, **options).eval()
     video = _talking_mouth()
     lens = torch.tensor([video.shape[1]])
     with torch.no_grad():
@@ -72,6 +84,15 @@ def test_features_follow_the_lips_not_the_face(center: bool) -> None:
         assert moving > 0.5 and from_blank > 0.5, (moving, from_blank)
     else:
         assert moving < 0.25 and from_blank < 0.25, (moving, from_blank)
+
+
+@pytest.mark.parametrize("options", FRONT_ENDS.values(), ids=FRONT_ENDS.keys())
+def test_every_weight_learns(options: dict) -> None:
+    """One backward pass reaches every parameter of each front-end (none is left dangling)."""
+    enc = _enc(**options)
+    feats, _ = enc({"video": torch.randn(2, 6, 1, 88, 88)}, {"video": torch.tensor([6, 4])})
+    feats.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
 
 
 def test_trains_in_bf16_and_other_input_sizes() -> None:

@@ -205,3 +205,88 @@ def assert_video_tokens_at_embedding_norm(exp, model) -> None:
         f, n = model.stream_features("video", b)
         norms = model.projectors["video"](f[0, : int(n[0])]).norm(dim=-1)
     assert float(norms.mean()) == pytest.approx(radius, rel=0.3)
+
+
+def teacher_exp(corpus: Path, tmp_path: Path, *extra: str):
+    from llama_avsr.training.config import ExperimentConfig
+
+    return ExperimentConfig.load(
+        TINY,
+        overrides(corpus, tmp_path)
+        + [
+            "train.ctc_warmup_streams={audio: 0, video: 8}",
+            "train.ctc_warmup_rate=encoder",
+            "train.ctc_warmup_epochs=2",
+            "train.ctc_warmup_lr=1e-2",
+            "data.train_augment=[]",
+            "train.warmup_teachers={video: audio}",
+            *extra,
+        ],
+    )
+
+
+def test_video_encoder_learns_to_predict_the_audio_encoders_features(corpus, tmp_path):
+    """``train.warmup_teachers={video: audio}``: besides CTC, the from-scratch video encoder learns to
+    predict the frozen audio encoder's (standardised) features at each of its frames; the error falls well
+    below 1 (= predicting their mean), the teacher's encoder is untouched and no head is left behind."""
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    exp = teacher_exp(corpus, tmp_path)
+    torch.manual_seed(0)
+    model = AVSRLightning(exp).model
+    n_params = sum(p.numel() for p in model.parameters())
+    audio_before = {k: v.clone() for k, v in model.encoders["whisper"].state_dict().items()}
+    report = ctc_warmup(model, exp)
+    assert {"video.teacher", "video.encoder", "video"} <= set(report.last_loss)
+    assert report.last_loss["video.teacher"] < 0.7 * report.first_loss["video.teacher"]
+    assert report.last_loss["video.teacher"] < 0.8
+    assert all(torch.equal(v, model.encoders["whisper"].state_dict()[k]) for k, v in audio_before.items())
+    assert sum(p.numel() for p in model.parameters()) == n_params
+
+
+def test_teacher_targets_average_the_teacher_frames_of_each_student_frame(corpus, tmp_path):
+    """Whisper runs at 50 Hz and the video at 25 Hz: each video frame's target is the mean of the two audio
+    frames of its 40 ms (before standardisation), and only frames the audio covers have a target."""
+    from llama_avsr.data.collate import Collator
+    from llama_avsr.data.dataset import build_dataloader, load_split
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import _Teacher
+
+    exp = teacher_exp(corpus, tmp_path)
+    model = AVSRLightning(exp).model
+    enc = model.encoders["avhubert"]
+    teacher = _Teacher(model, "audio", enc.output_dim, enc.frame_rate)
+    assert teacher.ratio == 2.0
+    collator = Collator(model.tokenizer, ["video", "audio"])
+    loader = build_dataloader(
+        load_split(exp.data, "train"), exp.data, collator, "val", modalities=["video", "audio"]
+    )
+    batch = next(iter(loader))
+    v_lens = batch.lengths["video"]
+    target, mask = teacher.targets(batch, v_lens)
+    feats, a_lens = model.encoder_features("audio", batch)
+    mean, std = teacher.sum / teacher.count, None
+    var = teacher.sumsq / teacher.count - mean.square()
+    std = var.clamp(min=1e-8).sqrt()
+    for i in range(len(v_lens)):
+        frames = int(mask[i].sum())
+        assert frames == min(int(v_lens[i]), int(a_lens[i]) // 2)
+        pairs = feats[i, : 2 * frames].double().view(frames, 2, -1).mean(1)
+        expected = (pairs - mean) / std
+        assert torch.allclose(target[i, :frames].double(), expected, atol=1e-4)
+        assert not target[i, frames:].any()
+
+
+def test_teacher_settings_are_checked(corpus, tmp_path):
+    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    with pytest.raises(ValueError, match="ctc_warmup_rate: encoder"):
+        ExperimentConfig.load(TINY, overrides(corpus, tmp_path) + ["train.warmup_teachers={video: audio}"])
+    with pytest.raises(ValueError, match="warmup_teacher_weight"):
+        teacher_exp(corpus, tmp_path, "train.warmup_teacher_weight=-1")
+    exp = teacher_exp(corpus, tmp_path, "train.warmup_teachers={video: lips}")
+    with pytest.raises(ValueError, match="teacher must be another stream"):
+        ctc_warmup(AVSRLightning(exp).model, exp)

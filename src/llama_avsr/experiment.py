@@ -92,6 +92,13 @@ class TrainConfig:
         temporary linear head at the encoder's own frame rate (25 Hz for video: ~8 frames per transcript
         token instead of ~1.6 after a stack of 5, so CTC can align from scratch), after which the
         projector is fitted on the encoder's features as for a frozen stream, for ``ctc_warmup_epochs``.
+    warmup_teachers: cross-modal distillation in that encoder-rate warm-up: a mapping student stream →
+        teacher stream (``{video: audio}``). Besides CTC, the student's trainable encoder learns to predict,
+        through a second temporary linear head, the teacher's frozen encoder features at the same instants
+        (each dimension standardised; mean squared error): the audio-derived frame targets that
+        AV-HuBERT's pre-training starts from. It gives every video frame a target, where CTC from scratch
+        first spends hundreds of steps predicting blanks (``training/warmup.py``). ``None``: CTC alone.
+    warmup_teacher_weight: the weight of that loss beside the CTC loss.
     task_sampling: for a multi-task model (``model.tasks``): ``batch`` — one task per batch;
         ``utterance`` — one per utterance; ``all`` — every task on every utterance (Omni-AVSR), weighted
         by ``task_weights`` (``training/objective.py``).
@@ -136,6 +143,8 @@ class TrainConfig:
     ctc_warmup_batch_size: int = 16
     ctc_warmup_streams: list[str] | dict[str, float] | None = None
     ctc_warmup_rate: str = "stream"
+    warmup_teachers: dict[str, str] | None = None
+    warmup_teacher_weight: float = 1.0
     task_sampling: str = "batch"
     task_weights: dict[str, float] | None = None
     rate_sampling: str = "all"
@@ -211,6 +220,10 @@ class TrainConfig:
             raise ValueError(
                 f"train.ctc_warmup_rate must be 'stream' or 'encoder', got {self.ctc_warmup_rate!r}"
             )
+        if self.warmup_teachers and self.ctc_warmup_rate != "encoder":
+            raise ValueError("train.warmup_teachers needs train.ctc_warmup_rate: encoder")
+        if self.warmup_teacher_weight < 0:
+            raise ValueError("train.warmup_teacher_weight must be >= 0")
         if self.feature_cache and self.sharded:
             raise ValueError(
                 f"train.feature_cache does not work with train.strategy={self.strategy}: a sharded encoder "

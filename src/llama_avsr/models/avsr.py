@@ -244,6 +244,12 @@ class AVSRModel(nn.Module):
         at compression ``rate`` (default: the stream's ``ratio``).
 
         Frozen encoders run without gradients and are served from :attr:`feature_cache` when set."""
+        feats, lens = self.encoder_features(name, batch)
+        return self.compressor(name, rate)(feats, lens)
+
+    def encoder_features(self, name: str, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stream ``name``'s encoder output (B, T, D) at the encoder's frame rate and lengths (B,), before
+        compression; a frozen encoder runs without gradients, from :attr:`feature_cache` when set."""
         scfg = self.cfg.streams[name]
         enc = self.encoders[scfg.encoder]
         inputs = {m: batch.inputs[m] for m in scfg.inputs}
@@ -255,7 +261,7 @@ class AVSRModel(nn.Module):
                 feats, lens = self.feature_cache.encode(scfg.encoder, enc, cfg, inputs, lengths)
             else:
                 feats, lens = enc(inputs, lengths)
-        return self.compressor(name, rate)(feats, lens)
+        return feats, lens
 
     def prepare(
         self,

@@ -23,6 +23,15 @@ self-supervised pre-training the paper's encoders bring. It costs an encoder for
 utterance and epoch but no LLM pass (about a third of a training step on a CPU), and CTC gives the encoder
 a direct per-frame signal instead of one through the frozen LLM.
 
+With ``train.warmup_teachers`` (``{video: audio}``) that encoder-rate warm-up also distils: a second temporary
+linear head on the student encoder's frames regresses the teacher stream's frozen encoder features (the
+audio encoder's, resampled to the video's 25 Hz, each dimension standardised with the statistics of the
+batches seen so far), with mean squared error. These are the audio-derived frame targets that AV-HuBERT's
+pre-training starts from (its first iteration predicts clusters of audio features from the lips); they
+need no transcript alignment and give every frame a target, where CTC from scratch first learns to
+predict blanks everywhere. The teacher's features come from the model's feature cache when one is set
+(the same clean-audio features training then reuses).
+
 Deterministic for a seed; under data parallelism every rank computes the same warm-up (same data, same
 order), so the replicas stay identical. Resumed runs skip it (the checkpoint holds the trained weights).
 """
@@ -269,17 +278,26 @@ class _Fit:
     linear decay to 0 over ``total`` steps, the losses and a progress bar."""
 
     def __init__(
-        self, params: Any, unit: torch.Tensor, lr: float, total: int, desc: str, head: nn.Module | None = None
+        self,
+        params: Any,
+        unit: torch.Tensor,
+        lr: float,
+        total: int,
+        desc: str,
+        head: nn.Module | None = None,
+        extra_params: list[nn.Parameter] | None = None,
     ) -> None:
         self.unit = unit
         self.head = head  # a free linear head (encoder-rate warm-up) instead of the cosine logits
         self.blank = nn.Parameter(torch.zeros(unit.shape[1], device=unit.device))
         self.scale = nn.Parameter(torch.full((), 10.0, device=unit.device))  # logits: scale · cosine
         trained = [p for p in params if p.requires_grad] + ([*head.parameters()] if head is not None else [])
+        trained += extra_params or []
         self.opt = torch.optim.AdamW([*trained, self.blank, self.scale], lr=lr, weight_decay=0.0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0 - s / total)
         self.total = total
         self.losses: list[float] = []
+        self.extra_losses: list[float] = []
         self.bar = tqdm(total=total, desc=desc, unit="step")
 
     def logits(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -293,19 +311,32 @@ class _Fit:
     def done(self) -> bool:
         return len(self.losses) >= self.total
 
-    def step(self, proj: nn.Module, x: torch.Tensor, x_len: torch.Tensor, ys: list[torch.Tensor]) -> None:
-        """One update on features ``x`` (B, T, D) of lengths ``x_len`` and class targets ``ys``."""
+    def step(
+        self,
+        proj: nn.Module,
+        x: torch.Tensor,
+        x_len: torch.Tensor,
+        ys: list[torch.Tensor],
+        extra: torch.Tensor | None = None,
+    ) -> None:
+        """One update on features ``x`` (B, T, D) of lengths ``x_len`` and class targets ``ys``; ``extra``: a
+        further loss added to the CTC loss (the teacher's; its value is kept in ``extra_losses``)."""
         lp = self.logits(proj, x).float().log_softmax(-1).transpose(0, 1)
         y = torch.cat(ys).to(lp.device)
         y_len = torch.tensor([len(v) for v in ys])
         loss = F.ctc_loss(lp, y, x_len, y_len, blank=0, zero_infinity=True)  # lp: (T, B, C)
+        total = loss if extra is None else loss + extra
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         self.opt.step()
         self.sched.step()
         self.losses.append(float(loss.detach()))
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{self.losses[-1]:.3f}")
+        if extra is None:
+            self.bar.set_postfix(loss=f"{self.losses[-1]:.3f}")
+        else:
+            self.extra_losses.append(float(extra.detach()))
+            self.bar.set_postfix(loss=f"{self.losses[-1]:.3f}", teacher=f"{self.extra_losses[-1]:.3f}")
 
     def finish(
         self,
@@ -340,6 +371,59 @@ class _Fit:
         )
 
 
+class _Teacher:
+    """Cross-modal distillation targets for a student encoder (module docstring): the frozen encoder
+    features of stream ``teacher``, resampled to the student's frame rate by averaging over each student
+    frame's time span and standardised per dimension with running statistics; a linear head maps the
+    student's features onto them. :meth:`loss` is the mean squared error over the valid frames (1.0 for a
+    head that predicts the mean, 0 for a perfect one)."""
+
+    def __init__(self, model: AVSRModel, teacher: str, student_dim: int, student_rate: float) -> None:
+        t_enc = model.encoders[model.cfg.streams[teacher].encoder]
+        if any(p.requires_grad for p in t_enc.parameters()):
+            raise ValueError(f"train.warmup_teachers: the teacher stream {teacher!r} needs a frozen encoder")
+        self.model, self.name = model, teacher
+        self.ratio = float(t_enc.frame_rate) / float(student_rate)  # teacher frames per student frame
+        dim = int(t_enc.output_dim)
+        ref = next(model.parameters())
+        self.head = nn.Linear(student_dim, dim).to(ref.device)
+        self.count = 0
+        self.sum = torch.zeros(dim, dtype=torch.float64)
+        self.sumsq = torch.zeros(dim, dtype=torch.float64)
+
+    def targets(self, batch: Any, student_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T_student, D_teacher) targets and a (B, T_student) mask of the frames that have one."""
+        with torch.no_grad():
+            feats, lens = self.model.encoder_features(self.name, batch)
+        feats = feats.float()
+        b, t = len(student_lens), int(student_lens.max())
+        out = feats.new_zeros(b, t, feats.shape[-1])
+        mask = feats.new_zeros(b, t)
+        for i in range(b):
+            n_t, n_s = int(lens[i]), int(student_lens[i])
+            frames = min(n_s, int(n_t / self.ratio))  # student frames that the teacher's frames cover
+            if frames < 1:
+                continue
+            span = min(n_t, max(1, round(frames * self.ratio)))
+            seq = feats[i, :span].T[None]  # (1, D, span)
+            out[i, :frames] = F.interpolate(seq, size=frames, mode="area")[0].T
+            mask[i, :frames] = 1
+        valid = out[mask.bool()].double().cpu()
+        self.count += len(valid)
+        self.sum += valid.sum(0)
+        self.sumsq += valid.square().sum(0)
+        mean = self.sum / max(self.count, 1)
+        std = (self.sumsq / max(self.count, 1) - mean.square()).clamp(min=1e-8).sqrt()
+        out = (out - mean.to(out)) / std.to(out) * mask[..., None]
+        return out, mask
+
+    def loss(self, student: torch.Tensor, batch: Any, student_lens: torch.Tensor) -> torch.Tensor:
+        target, mask = self.targets(batch, student_lens)
+        pred = self.head(student.float())
+        err = (pred - target).square().mean(-1) * mask
+        return err.sum() / mask.sum().clamp(min=1)
+
+
 def stream_epochs(t: Any, name: str) -> float:
     """Warm-up epochs of stream ``name``: its entry when ``train.ctc_warmup_streams`` is a mapping."""
     chosen = t.ctc_warmup_streams
@@ -367,6 +451,14 @@ def _warm_trained_stream(
     t = exp.train
     scfg = model.cfg.streams[name]
     mods = list(scfg.inputs)
+    teacher_name = (t.warmup_teachers or {}).get(name) if encoder_rate else None
+    if teacher_name is not None:
+        if teacher_name not in model.cfg.streams or teacher_name == name:
+            raise ValueError(
+                f"train.warmup_teachers: {name!r} → {teacher_name!r}: the teacher must be another stream "
+                f"of the model ({list(model.cfg.streams)})"
+            )
+        mods += [m for m in model.cfg.streams[teacher_name].inputs if m not in mods]
     collator = Collator(model.tokenizer, mods)
     data = _data(exp)
     utterances = load_split(data, "train")
@@ -377,18 +469,24 @@ def _warm_trained_stream(
     total = max(1, round(epochs * per_epoch))
     proj = model.projector(name)
     enc = model.encoders[scfg.encoder]
+    teacher = None
     if encoder_rate:
         ref = next(enc.parameters())
         head = nn.Linear(enc.output_dim, unit.shape[0] + 1).to(ref.device)
-        fit = _Fit(enc.parameters(), unit, t.ctc_warmup_lr, total, f"CTC warm-up: {name} encoder", head=head)
+        extra: list[nn.Parameter] = []
+        desc = f"CTC warm-up: {name} encoder"
+        if teacher_name is not None:
+            teacher = _Teacher(model, teacher_name, enc.output_dim, enc.frame_rate)
+            extra = [*teacher.head.parameters()]
+            desc += f" (+ {teacher_name} teacher)"
+        fit = _Fit(enc.parameters(), unit, t.ctc_warmup_lr, total, desc, head=head, extra_params=extra)
     else:
         params = [*enc.parameters(), *proj.parameters()]
         fit = _Fit(params, unit, t.ctc_warmup_lr, total, f"CTC warm-up: {name} encoder + projector")
 
     def features(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if encoder_rate:
-            f, lens = enc({m: batch.inputs[m] for m in mods}, {m: batch.lengths[m] for m in mods})
-            return f, lens
+            return model.encoder_features(name, batch)
         return model.stream_features(name, batch)
 
     autocast = (
@@ -413,7 +511,10 @@ def _warm_trained_stream(
                 with autocast:
                     f, lens = features(batch)
                 ys = [index[_targets(batch.target_ids[i], eos).cpu()] for i in range(len(batch))]
-                fit.step(proj, f, lens.cpu(), ys)
+                extra_loss = None
+                if teacher is not None:
+                    extra_loss = t.warmup_teacher_weight * teacher.loss(f, batch, lens)
+                fit.step(proj, f, lens.cpu(), ys, extra_loss)
         # the norm and the error rate on clean inputs, encoder in eval mode
         model.eval()
         check = build_dataloader(utterances[:200], data, collator, "val", modalities=mods)
@@ -432,6 +533,19 @@ def _warm_trained_stream(
         model.train(was_training)
     keep = list(range(len(feats)))
     if encoder_rate:
+        if teacher is not None and fit.extra_losses:
+            n = min(per_epoch, len(fit.extra_losses)) or 1
+            key = f"{name}.teacher"
+            report.first_loss[key] = sum(fit.extra_losses[:n]) / n / max(t.warmup_teacher_weight, 1e-12)
+            report.last_loss[key] = sum(fit.extra_losses[-n:]) / n / max(t.warmup_teacher_weight, 1e-12)
+            log.info(
+                "Distillation of the %s encoder from the %s stream's features: mean squared error of the "
+                "standardised features %.3f → %.3f (1 = no better than their mean)",
+                name,
+                teacher_name,
+                report.first_loss[key],
+                report.last_loss[key],
+            )
         fit.finish(f"{name}.encoder", "encoder", per_epoch, proj, feats, targets, keep, index, report)
         return
     _match_norm(proj, feats, keep, radius)

@@ -58,6 +58,8 @@ class LipConvOptions:
     dropout: on the features after the stem and after each temporal block, in training.
     center_features: subtract each utterance's mean (over its valid frames) from the projected frame
     features before their LayerNorm (module docstring).
+    prenorm: temporal blocks as ``x + h(LayerNorm(x))`` with one LayerNorm after the last block, instead of
+    ``LayerNorm(x + h(x))`` (module docstring).
     """
 
     input_size: int = 44
@@ -68,10 +70,11 @@ class LipConvOptions:
     subtract_mean: bool = True
     dropout: float = 0.1
     center_features: bool = True
+    prenorm: bool = False
 
     def __post_init__(self) -> None:
-        if self.input_size < 8 or self.dim < 1 or not self.widths or min(self.widths) < 1:
-            raise ValueError("lipconv: input_size >= 8, dim >= 1 and positive widths are required")
+        if self.input_size < 4 or self.dim < 1 or (self.widths and min(self.widths) < 1):
+            raise ValueError("lipconv: input_size >= 4, dim >= 1 and positive widths are required")
         if self.kernel < 1 or self.kernel % 2 == 0 or self.temporal_layers < 0:
             raise ValueError("lipconv: kernel must be odd and positive, temporal_layers >= 0")
         if not 0.0 <= self.dropout < 1.0:
@@ -79,8 +82,9 @@ class LipConvOptions:
 
 
 class _TemporalBlock(nn.Module):
-    def __init__(self, dim: int, kernel: int, dropout: float) -> None:
+    def __init__(self, dim: int, kernel: int, dropout: float, prenorm: bool = False) -> None:
         super().__init__()
+        self.prenorm = prenorm
         self.conv1 = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
         self.conv2 = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
         self.norm = nn.LayerNorm(dim)
@@ -89,7 +93,10 @@ class _TemporalBlock(nn.Module):
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """x (B, T, D), valid (B, T, 1) → (B, T, D); padding frames stay 0 so they leak into no frame."""
         v = valid.transpose(1, 2)  # (B, 1, T)
-        h = self.conv2(F.relu(self.conv1(x.transpose(1, 2))) * v).transpose(1, 2)
+        inp = self.norm(x) * valid if self.prenorm else x
+        h = self.conv2(F.relu(self.conv1(inp.transpose(1, 2))) * v).transpose(1, 2)
+        if self.prenorm:
+            return (x + self.drop(h)) * valid
         return self.norm(x + self.drop(h)) * valid
 
 
@@ -117,9 +124,10 @@ class LipConvEncoder(Encoder):
         self.norm = nn.LayerNorm(options.dim)
         self.drop = nn.Dropout(options.dropout)
         self.temporal = nn.ModuleList(
-            _TemporalBlock(options.dim, options.kernel, options.dropout)
+            _TemporalBlock(options.dim, options.kernel, options.dropout, options.prenorm)
             for _ in range(options.temporal_layers)
         )
+        self.final_norm = nn.LayerNorm(options.dim) if options.prenorm and options.temporal_layers else None
         self.output_dim = options.dim
 
     def forward(
@@ -157,6 +165,8 @@ class LipConvEncoder(Encoder):
         x = self.drop(self.norm(x)) * valid[..., None]
         for block in self.temporal:
             x = block(x, valid[..., None])
+        if self.final_norm is not None:
+            x = self.final_norm(x) * valid[..., None]
         return x, lens
 
 
