@@ -353,3 +353,51 @@ def test_modality_dropout_in_training_only_and_blanking_at_eval(corpus: Path) ->
         DataConfig(modality_dropout={"audio": 0.6, "video": 0.5})
     with pytest.raises(ValueError, match="blank_modalities"):
         DataConfig(blank_modalities=["text"])
+
+
+def test_video_cache_decodes_each_item_once_and_changes_no_result(corpus: Path, monkeypatch) -> None:
+    """``data.video_cache_mb``: over two training epochs each video is decoded once; the batches equal
+    those of a loader that decodes every time (augmentation included), and the cached frames are still
+    the decoded ones afterwards (no transform wrote into them)."""
+    decoded: list[str] = []
+    read = AVDataset.read_video
+
+    def counting(utt: Utterance) -> torch.Tensor:
+        decoded.append(utt.id)
+        return read(utt)
+
+    monkeypatch.setattr(AVDataset, "read_video", staticmethod(counting))
+    utterances = utts(corpus)
+    collator = Collator(CharTokenizer(), ["video"])
+
+    def epochs(cache_mb: int) -> list[BatchWithSkips]:
+        cfg = DataConfig(num_workers=0, max_frames=120, seed=4, video_cache_mb=cache_mb)
+        loader = build_dataloader(utterances, cfg, collator, "train", modalities=["video"])
+        out = []
+        for epoch in (0, 1):
+            loader.batch_sampler.set_epoch(epoch)
+            out += list(loader)
+        return out, loader.dataset
+
+    plain, _ = epochs(0)
+    assert len(decoded) == 2 * len(utterances)
+    decoded.clear()
+    cached, ds = epochs(64)
+    assert sorted(decoded) == sorted(u.id for u in utterances)  # once each
+    for x, y in zip(plain, cached, strict=True):
+        assert x.ids == y.ids and torch.equal(x.inputs["video"], y.inputs["video"])
+    for i, frames in ds._video_cache.items():
+        assert torch.equal(frames, read(utterances[i]))
+
+
+def test_video_cache_keeps_to_its_budget(corpus: Path) -> None:
+    utterances = utts(corpus)
+    one = AVDataset.read_video(utterances[0])
+    budget = one.numel() + 10  # room for the first video only
+    ds = AVDataset(utterances, ["video"], video_cache_bytes=budget)
+    for i in range(len(ds)):
+        ds[i]
+    assert list(ds._video_cache) == [0] and ds._video_cached <= budget
+    assert AVDataset(utterances, ["video"])._video_cache == {}
+    with pytest.raises(ValueError, match="video_cache_mb"):
+        DataConfig(video_cache_mb=-1)

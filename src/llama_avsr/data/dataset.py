@@ -105,6 +105,8 @@ class AVDataset(Dataset):
     modality_dropout: modality → probability that an item's input is blanked (at most one modality per
         item; ``DataConfig.modality_dropout``); ignored when only one modality is loaded. blank: modalities blanked in every item.
     Items in which a modality was blanked list them under ``"blanked"``.
+    video_cache_bytes: decoded video frames (uint8, before augmentation) of up to this many bytes are kept
+        per process and reused instead of decoding again (``DataConfig.video_cache_mb``); 0: none.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class AVDataset(Dataset):
         seed: int = 0,
         modality_dropout: Mapping[str, float] | None = None,
         blank: Sequence[str] = (),
+        video_cache_bytes: int = 0,
     ) -> None:
         bad = set(modalities) - set(MODALITIES)
         if bad or not modalities:
@@ -141,6 +144,9 @@ class AVDataset(Dataset):
         self.blank = [m for m in blank if m in self.modalities]
         self._gen: torch.Generator | None = None
         self._gen_owner: int | None = None
+        self.video_cache_bytes = video_cache_bytes
+        self._video_cache: dict[int, torch.Tensor] = {}
+        self._video_cached = 0  # bytes held
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -153,6 +159,7 @@ class AVDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_gen"] = state["_gen_owner"] = None  # each worker seeds its own
+        state["_video_cache"], state["_video_cached"] = {}, 0  # and keeps its own decoded frames
         return state
 
     def generator(self) -> torch.Generator:
@@ -174,6 +181,19 @@ class AVDataset(Dataset):
         frames, fps = media.read_video(utt.video, gray=True)
         return torch.from_numpy(media.resample_frames(frames, fps))
 
+    def _cached_video(self, index: int, utt: Utterance) -> torch.Tensor:
+        """:meth:`read_video`, from this process's cache of decoded frames when it holds the item (the
+        transforms never modify their input in place, so a cached tensor is handed out as is)."""
+        frames = self._video_cache.get(index)
+        if frames is not None:
+            return frames
+        frames = self.read_video(utt)
+        size = frames.numel() * frames.element_size()
+        if self._video_cached + size <= self.video_cache_bytes:
+            self._video_cache[index] = frames
+            self._video_cached += size
+        return frames
+
     @staticmethod
     def read_audio(utt: Utterance) -> torch.Tensor:
         """16 kHz mono float32, (T_a,): from the audio file, or the video's audio track without one."""
@@ -192,7 +212,7 @@ class AVDataset(Dataset):
         utt = self.utterances[index]
         raw: dict[str, torch.Tensor] = {}
         if "video" in self.modalities:
-            raw["video"] = self.read_video(utt)
+            raw["video"] = self._cached_video(index, utt)
         if "audio" in self.modalities:
             raw["audio"] = self.read_audio(utt)
             if "video" in raw:
@@ -304,6 +324,7 @@ def build_dataloader(
         seed=cfg.seed if train else mix_seed(cfg.seed, rank),
         modality_dropout=cfg.modality_dropout if train else None,
         blank=() if train else cfg.blank_modalities,
+        video_cache_bytes=cfg.video_cache_mb << 20,
     )
     sampler = FrameBudgetBatchSampler(
         dataset.lengths,

@@ -458,9 +458,14 @@ def _warm_trained_stream(
                 f"train.warmup_teachers: {name!r} → {teacher_name!r}: the teacher must be another stream "
                 f"of the model ({list(model.cfg.streams)})"
             )
-        mods += [m for m in model.cfg.streams[teacher_name].inputs if m not in mods]
+        teacher_mods = [m for m in model.cfg.streams[teacher_name].inputs if m not in mods]
+        mods += teacher_mods
     collator = Collator(model.tokenizer, mods)
     data = _data(exp)
+    if teacher_name is not None:  # the teacher hears clean audio (and its features come from the cache)
+        data = dataclasses.replace(
+            data, train_augment=[m for m in data.train_augment if m not in teacher_mods]
+        )
     utterances = load_split(data, "train")
     epochs = stream_epochs(t, name)
     # one loader, a new shuffle each epoch through its sampler (as Lightning does in training)
