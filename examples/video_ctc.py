@@ -10,6 +10,15 @@ forward + backward of the video path alone, float32 and bf16 autocast, both enco
     OMP_NUM_THREADS=1 python examples/video_ctc.py corpus --encoder lipconv --stack 1 --steps 300
     OMP_NUM_THREADS=1 python examples/video_ctc.py corpus --speed
 
+    # the lipconv front-ends compared in models/encoders/lipconv.py (options override lipconv-demo.json)
+    python examples/video_ctc.py corpus --steps 1200 --batch 8 \
+        --options '{"input_size": 44, "widths": [16, 32, 64], "prenorm": false}'
+    python examples/video_ctc.py corpus --steps 1200 --batch 8 \
+        --options '{"input_size": 22, "widths": [], "prenorm": true}' [--teacher 1.0]
+
+``--teacher W`` adds the distillation loss of ``train.warmup_teachers`` (weight W): a linear head on the
+encoder's frames regresses Whisper tiny.en's features (pairs of 50 Hz frames averaged to 25 Hz, each
+dimension standardised over the training split), cached in ``<corpus>/whisper_tiny_25hz.pt``.
 Decoded frames (centre 88×88, uint8) and token ids are cached in ``<corpus>/video_ctc_<split>.pt``.
 """
 
@@ -17,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -56,6 +67,32 @@ def load(corpus: Path, split: str) -> dict:
         data["text"].append(u.text)
     torch.save(data, cache)
     return data
+
+
+def whisper_targets(corpus: Path) -> dict[str, list[torch.Tensor]]:
+    """Whisper tiny.en features per utterance of the train and val splits at 25 Hz (float16), cached."""
+    cache = corpus / "whisper_tiny_25hz.pt"
+    if cache.is_file():
+        return torch.load(cache, weights_only=True)
+    from llama_avsr.media import read_audio
+
+    whisper = build_encoder(
+        EncoderConfig(kind="whisper", source="whisper-tiny.en", options={"pad_to_30s": False})
+    ).eval()
+    out: dict[str, list[torch.Tensor]] = {}
+    for split in ("train", "val"):
+        utts, _ = read_labels(corpus / "labels" / f"synth_{split}.csv", corpus)
+        out[split] = []
+        with torch.no_grad():
+            for k in range(0, len(utts), 16):
+                audio = [torch.from_numpy(read_audio(u.audio_source())) for u in utts[k : k + 16]]
+                lens = torch.tensor([len(a) for a in audio])
+                f, n = whisper({"audio": nn.utils.rnn.pad_sequence(audio, batch_first=True)}, {"audio": lens})
+                for j in range(len(audio)):
+                    g = f[j, : int(n[j]) // 2 * 2]
+                    out[split].append(g.view(-1, 2, g.shape[-1]).mean(1).half())
+    torch.save(out, cache)
+    return out
 
 
 def batch(data: dict, idx: list[int], targets: str) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -102,6 +139,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--speed", action="store_true", help="only time the video path of both encoders")
+    ap.add_argument("--options", default="{}", help="lipconv options as JSON (override lipconv-demo.json)")
+    ap.add_argument("--teacher", type=float, default=0.0, help="weight of the Whisper-feature distillation")
+    ap.add_argument("--every", type=int, default=150, help="validate every N steps")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -114,16 +154,27 @@ def main() -> None:
     )
     index = torch.zeros(int(classes.max()) + 1, dtype=torch.long)
     index[classes] = torch.arange(1, len(classes) + 1)
-    enc = build_encoder(ENCODERS[args.encoder])
+    cfg = ENCODERS[args.encoder]
+    if args.options != "{}":
+        cfg = dataclasses.replace(cfg, options=json.loads(args.options))
+    enc = build_encoder(cfg)
     head = nn.Linear(enc.output_dim * args.stack, len(classes) + 1)
     params = [*enc.parameters(), *head.parameters()]
+    teacher = whisper_targets(args.corpus)["train"] if args.teacher else None
+    if teacher is not None:
+        every = torch.cat([t.float() for t in teacher])
+        t_mean, t_std = every.mean(0), every.std(0) + 1e-5
+        t_head = nn.Linear(enc.output_dim, every.shape[1])
+        params += [*t_head.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / args.steps)
     )
 
-    def logits(x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f, n = enc({"video": x}, {"video": lens})
+    def logits(
+        x: torch.Tensor, lens: torch.Tensor, feats: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        f, n = enc({"video": x}, {"video": lens}) if feats is None else (feats, lens)
         if args.stack > 1:
             t = f.shape[1] // args.stack
             f, n = f[:, : t * args.stack].reshape(f.shape[0], t, -1), n // args.stack
@@ -149,9 +200,11 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         if pos + args.batch > len(order):
             order, pos = torch.randperm(len(train["text"]), generator=g).tolist(), 0
-        x, lens, ys = batch(train, order[pos : pos + args.batch], args.targets)
+        idx = order[pos : pos + args.batch]
+        x, lens, ys = batch(train, idx, args.targets)
         pos += args.batch
-        lg, n = logits(x, lens)
+        feats, n_frames = enc({"video": x}, {"video": lens})
+        lg, n = logits(x, lens, feats)
         y = torch.cat([index[v] for v in ys])
         loss = F.ctc_loss(
             lg.float().log_softmax(-1).transpose(0, 1),
@@ -160,15 +213,23 @@ def main() -> None:
             torch.tensor([len(v) for v in ys]),
             zero_infinity=True,
         )
+        if teacher is not None:  # frames the audio covers: standardised Whisper features as targets
+            target = torch.zeros(*feats.shape[:2], len(t_mean))
+            mask = torch.zeros(feats.shape[:2])
+            for j, i in enumerate(idx):
+                k = min(int(n_frames[j]), len(teacher[i]))
+                target[j, :k], mask[j, :k] = (teacher[i][:k].float() - t_mean) / t_std, 1
+            err = (t_head(feats) - target).square().mean(-1)
+            loss = loss + args.teacher * (err * mask).sum() / mask.sum()
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
-        if step % 50 == 0:
-            msg = f"step {step} CTC loss (mean of 50) {np.mean(losses[-50:]):.3f}  {step / (time.time() - t0):.2f} steps/s"
-            if step % 150 == 0 or step == args.steps:
+        if step % 50 == 0 or step % args.every == 0:
+            msg = f"step {step} loss (mean of 50; CTC + teacher when on) {np.mean(losses[-50:]):.3f}  {step / (time.time() - t0):.2f} steps/s"
+            if step % args.every == 0 or step == args.steps:
                 rate, blank = error_rate(val)
                 msg += f" | validation greedy {args.targets[:-1]} error rate {rate:.3f}, blank frames {blank:.2f}"
             print(msg, flush=True)  # noqa: T201

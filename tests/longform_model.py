@@ -12,7 +12,7 @@ from llama_avsr.cli import main
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "src" / "llama_avsr" / "configs" / "demo" / "avsr.yaml"
 #: bump to retrain the cached model
-VERSION = "v3"
+VERSION = "v4"
 STEPS = 250
 
 

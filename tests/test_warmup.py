@@ -214,7 +214,7 @@ def teacher_exp(corpus: Path, tmp_path: Path, *extra: str):
         TINY,
         overrides(corpus, tmp_path)
         + [
-            "train.ctc_warmup_streams={audio: 0, video: 8}",
+            "train.ctc_warmup_streams={audio: 0, video: 3}",
             "train.ctc_warmup_rate=encoder",
             "train.ctc_warmup_epochs=2",
             "train.ctc_warmup_lr=1e-2",
