@@ -1,6 +1,6 @@
 """docs/data.md's walk-through, run as written: generated face videos → `prepare` with splits and the
 length filter → `train` → `eval`. The one change: a tiny random model stands in for the `demo/asr`
-recipe (and a few steps for its 9-minute budget), so that the test trains in seconds."""
+recipe (and a few steps for its time budget), so that the test trains in seconds."""
 
 from __future__ import annotations
 
