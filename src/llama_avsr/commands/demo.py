@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="training budget per model in minutes, after a CTC warm-up of about a minute "
-        "(default: the recipe's train.max_minutes, 8 for demo/avsr; 15 with --full: 3 models, ≈55 minutes "
+        "(default: the recipe's train.max_minutes, 9 for demo/avsr; 15 with --full: 3 models, ≈55 minutes "
         "in all on 2 cores)",
     )
     p.add_argument("--train", type=int, default=1200, help="training utterances to synthesise")
