@@ -295,3 +295,112 @@ def test_teacher_settings_are_checked(corpus, tmp_path):
     exp = teacher_exp(corpus, tmp_path, "train.warmup_teachers={video: lips}")
     with pytest.raises(ValueError, match="teacher must be another stream"):
         ctc_warmup(AVSRLightning(exp).model, exp)
+
+
+def token_teacher_exp(corpus: Path, tmp_path: Path, *extra: str):
+    from llama_avsr.training.config import ExperimentConfig
+
+    return ExperimentConfig.load(
+        TINY,
+        overrides(corpus, tmp_path)
+        + [
+            "train.ctc_warmup_streams={audio: 4, video: 2}",
+            "train.ctc_warmup_rate=encoder",
+            "train.ctc_warmup_epochs=40",
+            "train.ctc_warmup_lr=1e-2",
+            "data.train_augment=[]",
+            "train.warmup_token_teachers={video: audio}",
+            *extra,
+        ],
+    )
+
+
+def video_audio_token_similarity(exp, model) -> float:
+    """Mean cosine similarity of each video token with the audio token of the same instant (the tiny
+    recipe gives both streams 12.5 tokens a second) over the clean training utterances."""
+    from llama_avsr.data.collate import Collator
+    from llama_avsr.data.dataset import build_dataloader, load_split
+
+    model.eval()
+    sims = []
+    collator = Collator(model.tokenizer, ["audio", "video"])
+    loader = build_dataloader(
+        load_split(exp.data, "train"), exp.data, collator, "val", modalities=["audio", "video"]
+    )
+    with torch.no_grad():
+        for batch in loader:
+            tokens = {}
+            for name in ("audio", "video"):
+                f, n = model.stream_features(name, batch)
+                tokens[name] = [model.projectors[name](f[i, : int(n[i])]) for i in range(len(batch))]
+            for a, v in zip(tokens["audio"], tokens["video"], strict=True):
+                k = min(len(a), len(v))
+                sims.append(torch.nn.functional.cosine_similarity(a[:k], v[:k], dim=-1).mean())
+    return float(torch.stack(sims).mean())
+
+
+def test_video_projector_learns_to_point_at_the_audio_tokens_of_the_same_instant(corpus, tmp_path):
+    """``train.warmup_token_teachers={video: audio}``: after the encoder-rate warm-up, the video projector
+    learns besides CTC to put each token where the warmed-up audio projector puts the token of the same
+    instant: the cosine distance falls, the video tokens end closer to the audio tokens than with the
+    teacher's weight at 0, at the embeddings' norm; the audio stream is untouched and nothing is added."""
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    similarity, audio = {}, {}
+    for weight in (1.0, 0.0):
+        exp = token_teacher_exp(corpus, tmp_path, f"train.warmup_token_teacher_weight={weight}")
+        torch.manual_seed(0)
+        model = AVSRLightning(exp).model
+        n_params = sum(p.numel() for p in model.parameters())
+        report = ctc_warmup(model, exp)
+        audio[weight] = model.projectors["audio"].state_dict()
+        assert {"audio", "video.encoder", "video"} <= set(report.last_loss)
+        assert ("video.tokens" in report.last_loss) == bool(weight)
+        assert sum(p.numel() for p in model.parameters()) == n_params
+        similarity[weight] = video_audio_token_similarity(exp, model)
+        if weight:
+            assert report.last_loss["video.tokens"] < 0.8 * report.first_loss["video.tokens"]
+            assert_video_tokens_at_embedding_norm(exp, model)
+    assert similarity[1.0] > similarity[0.0] + 0.1
+    assert all(torch.equal(v, audio[0.0][k]) for k, v in audio[1.0].items())  # the teacher is left alone
+
+
+def test_teacher_tokens_follow_the_teachers_projector_in_time(corpus, tmp_path):
+    """Each student token's target is the teacher's projected token of the same instant: at equal token
+    rates the teacher's tokens themselves; student tokens past the teacher's end get none (zeros), and a
+    student at half the teacher's rate gets the mean of each pair."""
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import _teacher_tokens
+
+    exp = token_teacher_exp(corpus, tmp_path)
+    model = AVSRLightning(exp).model
+    gen = torch.Generator().manual_seed(0)
+    teacher = [torch.randn(7, model.projector("audio")[0].in_features, generator=gen)]
+    expected = model.projector("audio")(teacher[0]).detach()
+    same = _teacher_tokens(model, "audio", "video", teacher, [torch.zeros(9, 1)])[0]
+    assert torch.allclose(same[:7], expected, atol=1e-5) and not same[7:].any()
+    model.cfg.streams["video"].compression.ratio *= 2  # the student now gives half as many tokens
+    half = _teacher_tokens(model, "audio", "video", teacher, [torch.zeros(4, 1)])[0]
+    assert torch.allclose(half[:3], expected[:6].view(3, 2, -1).mean(1), atol=1e-5) and not half[3:].any()
+
+
+def test_token_teacher_settings_are_checked(corpus, tmp_path):
+    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    with pytest.raises(ValueError, match="warmup_token_teachers needs train.ctc_warmup_rate: encoder"):
+        ExperimentConfig.load(
+            TINY, overrides(corpus, tmp_path) + ["train.warmup_token_teachers={video: audio}"]
+        )
+    with pytest.raises(ValueError, match="warmup_token_teacher_weight"):
+        token_teacher_exp(corpus, tmp_path, "train.warmup_token_teacher_weight=-1")
+    exp = token_teacher_exp(corpus, tmp_path, "train.warmup_token_teachers={video: video}")
+    with pytest.raises(ValueError, match="teacher must be another stream"):
+        ctc_warmup(AVSRLightning(exp).model, exp)
+    exp = token_teacher_exp(
+        corpus, tmp_path, "model.encoders.whisper.frozen=false", "train.ctc_warmup_streams={video: 1}"
+    )
+    with pytest.raises(ValueError, match="teacher stream 'audio' needs a frozen encoder"):
+        ctc_warmup(AVSRLightning(exp).model, exp)

@@ -99,6 +99,15 @@ class TrainConfig:
         AV-HuBERT's pre-training starts from. It gives every video frame a target, where CTC from scratch
         first spends hundreds of steps predicting blanks (``training/warmup.py``). ``None``: CTC alone.
     warmup_teacher_weight: the weight of that loss beside the CTC loss.
+    warmup_token_teachers: a mapping student stream → teacher stream (``{video: audio}``) for the step
+        after that encoder-rate warm-up, where the student's projector is fitted on its encoder's
+        features: besides CTC, each student token learns to point where the teacher stream's warmed-up
+        projector puts its token for the same instant (cosine distance; the teacher's token sequence is
+        resampled to the student's token rate). The LLM then meets video tokens that read like the audio
+        tokens it learns from, instead of tokens it must learn to read from the few utterances whose
+        audio is dropped; a CTC loss at a token rate near the transcript's (stack 5: ~1.6 tokens per
+        transcript token) gives the projector almost no signal. The teacher's encoder must be frozen.
+    warmup_token_teacher_weight: the weight of that loss beside the projector's CTC loss.
     task_sampling: for a multi-task model (``model.tasks``): ``batch`` — one task per batch;
         ``utterance`` — one per utterance; ``all`` — every task on every utterance (Omni-AVSR), weighted
         by ``task_weights`` (``training/objective.py``).
@@ -145,6 +154,8 @@ class TrainConfig:
     ctc_warmup_rate: str = "stream"
     warmup_teachers: dict[str, str] | None = None
     warmup_teacher_weight: float = 1.0
+    warmup_token_teachers: dict[str, str] | None = None
+    warmup_token_teacher_weight: float = 1.0
     task_sampling: str = "batch"
     task_weights: dict[str, float] | None = None
     rate_sampling: str = "all"
@@ -224,6 +235,10 @@ class TrainConfig:
             raise ValueError("train.warmup_teachers needs train.ctc_warmup_rate: encoder")
         if self.warmup_teacher_weight < 0:
             raise ValueError("train.warmup_teacher_weight must be >= 0")
+        if self.warmup_token_teachers and self.ctc_warmup_rate != "encoder":
+            raise ValueError("train.warmup_token_teachers needs train.ctc_warmup_rate: encoder")
+        if self.warmup_token_teacher_weight < 0:
+            raise ValueError("train.warmup_token_teacher_weight must be >= 0")
         if self.feature_cache and self.sharded:
             raise ValueError(
                 f"train.feature_cache does not work with train.strategy={self.strategy}: a sharded encoder "

@@ -97,9 +97,10 @@ def task_config(
     warm = d["train"].get("ctc_warmup_streams")
     if isinstance(warm, dict):  # per-stream warm-up epochs: only the streams this task keeps
         d["train"]["ctc_warmup_streams"] = {k: v for k, v in warm.items() if k in keep}
-    teachers = d["train"].get("warmup_teachers")
-    if teachers:  # distillation needs both streams: an ASR or VSR model keeps none
-        d["train"]["warmup_teachers"] = {k: v for k, v in teachers.items() if k in keep and v in keep} or None
+    for key in ("warmup_teachers", "warmup_token_teachers"):
+        teachers = d["train"].get(key)
+        if teachers:  # distillation needs both streams: an ASR or VSR model keeps none
+            d["train"][key] = {k: v for k, v in teachers.items() if k in keep and v in keep} or None
     used = {s["encoder"] for s in d["model"]["streams"].values()}
     d["model"]["encoders"] = {k: v for k, v in d["model"]["encoders"].items() if k in used}
     d["data"]["root"] = str(out / "corpus")

@@ -32,6 +32,13 @@ need no transcript alignment and give every frame a target, where CTC from scrat
 predict blanks everywhere. The teacher's features come from the model's feature cache when one is set
 (the same clean-audio features training then reuses).
 
+With ``train.warmup_token_teachers`` (``{video: audio}``) the projector fitted after that warm-up also learns,
+besides CTC, to point each of its tokens where the teacher stream's warmed-up projector puts the token of
+the same instant (cosine distance; the audio stream at stack 10 and the video at stack 5 both give 5
+tokens a second). A CTC loss at ~1.6 tokens per transcript token barely trains a projector from scratch;
+the teacher's tokens give every video token a dense target in the LLM's input space, so the LLM meets
+video tokens that read like the audio tokens it learns from.
+
 Deterministic for a seed; under data parallelism every rank computes the same warm-up (same data, same
 order), so the replicas stay identical. Resumed runs skip it (the checkpoint holds the trained weights).
 """
@@ -209,10 +216,26 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
         if t.ctc_warmup_rate == "encoder":
             _warm_trained_stream(model, exp, name, index, unit, radius, report, encoder_rate=True)
             # then the projector, on the warmed-up encoder's (clean, eval-mode) features
-            f, y = _collect(model, exp, [name])
+            teacher = _token_teacher(model, t, name)
+            f, y = _collect(model, exp, [name] + ([teacher] if teacher else []))
             ok = [i for i, v in enumerate(y) if 0 < len(v) <= len(f[name][i])]
             epochs = t.ctc_warmup_epochs or stream_epochs(t, name)
-            _fit_projector(model, t, name, f[name], y, ok, index, unit, radius, gen, report, epochs)
+            tokens = _teacher_tokens(model, teacher, name, f[teacher], f[name]) if teacher else None
+            _fit_projector(
+                model,
+                t,
+                name,
+                f[name],
+                y,
+                ok,
+                index,
+                unit,
+                radius,
+                gen,
+                report,
+                epochs,
+                teacher_tokens=tokens,
+            )
         else:
             _warm_trained_stream(model, exp, name, index, unit, radius, report)
     # Matryoshka streams: the projector of every other rate, on the (warmed-up) encoder's features
@@ -250,16 +273,21 @@ def _fit_projector(
     report: WarmupReport,
     epochs: float | None = None,
     rate: int | None = None,
+    teacher_tokens: list[torch.Tensor] | None = None,
 ) -> None:
     """Fit stream ``name``'s projector (at compression ``rate``; default: its ``ratio``) alone on fixed
     features (``keep`` selects the utterances), then scale it to the embeddings' norm and report (under
-    ``<name>@x<rate>`` for a rate other than the default)."""
+    ``<name>@x<rate>`` for a rate other than the default). ``teacher_tokens``: per utterance, the tokens
+    (one per feature frame) each output should point to besides the CTC loss (``train.warmup_token_teachers``;
+    cosine distance, weighted by ``train.warmup_token_teacher_weight``, reported under ``<name>.tokens``)."""
     bs = t.ctc_warmup_batch_size
     per_epoch = math.ceil(len(keep) / bs)
     total = max(1, round((stream_epochs(t, name) if epochs is None else epochs) * per_epoch))
     proj = model.projector(name, rate)
     label = name if rate is None else f"{name}@x{rate}"
-    fit = _Fit(proj.parameters(), unit, t.ctc_warmup_lr, total, f"CTC warm-up: {label} projector")
+    desc = f"CTC warm-up: {label} projector" + (" (+ token teacher)" if teacher_tokens is not None else "")
+    fit = _Fit(proj.parameters(), unit, t.ctc_warmup_lr, total, desc)
+    weight = float(t.warmup_token_teacher_weight)
     while not fit.done:
         order = [keep[int(j)] for j in torch.randperm(len(keep), generator=gen)]
         for k in range(0, len(order), bs):
@@ -268,9 +296,86 @@ def _fit_projector(
             idx = order[k : k + bs]
             x = nn.utils.rnn.pad_sequence([feats[i] for i in idx], batch_first=True)
             x_len = torch.tensor([len(feats[i]) for i in idx])
-            fit.step(proj, x, x_len, [index[targets[i]] for i in idx])
+            extra = None
+            if teacher_tokens is not None:
+                extra = weight * _token_distance(proj, x, [teacher_tokens[i] for i in idx])
+            fit.step(proj, x, x_len, [index[targets[i]] for i in idx], extra)
     _match_norm(proj, feats, keep, radius)
+    if teacher_tokens is not None and fit.extra_losses:
+        n = min(per_epoch, len(fit.extra_losses)) or 1
+        key = f"{label}.tokens"
+        report.first_loss[key] = sum(fit.extra_losses[:n]) / n / max(weight, 1e-12)
+        report.last_loss[key] = sum(fit.extra_losses[-n:]) / n / max(weight, 1e-12)
+        log.info(
+            "Token distillation of the %s projector: cosine distance to the teacher's tokens %.3f → %.3f "
+            "(1 = unrelated)",
+            label,
+            report.first_loss[key],
+            report.last_loss[key],
+        )
     fit.finish(label, "projector", per_epoch, proj, feats, targets, keep, index, report)
+
+
+def _token_teacher(model: AVSRModel, t: Any, name: str) -> str | None:
+    """The stream whose projected tokens stream ``name``'s projector learns to point to (``None``: none),
+    checked: another stream of the model, with a frozen encoder (so its projector was fitted first)."""
+    teacher = (t.warmup_token_teachers or {}).get(name)
+    if teacher is None or not t.warmup_token_teacher_weight:
+        return None
+    if teacher not in model.cfg.streams or teacher == name:
+        raise ValueError(
+            f"train.warmup_token_teachers: {name!r} → {teacher!r}: the teacher must be another stream of the "
+            f"model ({list(model.cfg.streams)})"
+        )
+    if _encoder_trains(model, teacher):
+        raise ValueError(
+            f"train.warmup_token_teachers: the teacher stream {teacher!r} needs a frozen encoder"
+        )
+    return teacher
+
+
+@torch.no_grad()
+def _teacher_tokens(
+    model: AVSRModel,
+    teacher: str,
+    student: str,
+    teacher_feats: list[torch.Tensor],
+    student_feats: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Per utterance, the teacher stream's projected tokens resampled in time to the student's token
+    count (area interpolation over the span both cover; student tokens past the teacher's end get none:
+    rows of zeros, which :func:`_token_distance` leaves out)."""
+
+    def token_rate(n: str) -> float:
+        s = model.cfg.streams[n]
+        return float(model.encoders[s.encoder].frame_rate) / s.compression.ratio
+
+    ratio = token_rate(teacher) / token_rate(student)  # teacher tokens per student token
+    proj = model.projector(teacher)
+    ref = next(proj.parameters())
+    out = []
+    for tf, sf in zip(teacher_feats, student_feats, strict=True):
+        tok = proj(tf.to(ref.device, ref.dtype)).float().cpu()
+        n_s = len(sf)
+        target = torch.zeros(n_s, tok.shape[-1])
+        frames = min(n_s, int(len(tok) / ratio))
+        if frames >= 1:
+            span = min(len(tok), max(1, round(frames * ratio)))
+            target[:frames] = F.interpolate(tok[:span].T[None], size=frames, mode="area")[0].T
+        out.append(target)
+    return out
+
+
+def _token_distance(proj: nn.Module, x: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+    """Mean cosine distance between the projector's outputs for ``x`` (B, T, D) and the ``targets`` (one
+    (T_i, H) tensor per utterance; all-zero rows and padding are left out)."""
+    ref = next(proj.parameters())
+    h = proj(x.to(ref.device, ref.dtype)).float()
+    tgt = nn.utils.rnn.pad_sequence(targets, batch_first=True).to(h.device)
+    tgt = F.pad(tgt, (0, 0, 0, h.shape[1] - tgt.shape[1]))
+    mask = (tgt.abs().sum(-1) > 0).float()
+    dist = 1.0 - F.cosine_similarity(h, tgt, dim=-1, eps=1e-8)
+    return (dist * mask).sum() / mask.sum().clamp(min=1)
 
 
 class _Fit:
