@@ -107,6 +107,7 @@ class TrainConfig:
         tokens it learns from, instead of tokens it must learn to read from the few utterances whose
         audio is dropped; a CTC loss at a token rate near the transcript's (stack 5: ~1.6 tokens per
         transcript token) gives the projector almost no signal. The teacher's encoder must be frozen.
+        On the demo it gave no gain while the lip encoder reads little (docs/results.md, issue 14).
     warmup_token_teacher_weight: the weight of that loss beside the projector's CTC loss.
     task_sampling: for a multi-task model (``model.tasks``): ``batch`` — one task per batch;
         ``utterance`` — one per utterance; ``all`` — every task on every utterance (Omni-AVSR), weighted
