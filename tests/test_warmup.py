@@ -207,21 +207,25 @@ def assert_video_tokens_at_embedding_norm(exp, model) -> None:
     assert float(norms.mean()) == pytest.approx(radius, rel=0.3)
 
 
-def teacher_exp(corpus: Path, tmp_path: Path, *extra: str):
+def encoder_rate_exp(corpus: Path, tmp_path: Path, *settings: str):
+    """The tiny recipe with the video encoder warmed up at its own frame rate on clean inputs."""
     from llama_avsr.training.config import ExperimentConfig
 
     return ExperimentConfig.load(
         TINY,
         overrides(corpus, tmp_path)
-        + [
-            "train.ctc_warmup_streams={audio: 0, video: 3}",
-            "train.ctc_warmup_rate=encoder",
-            "train.ctc_warmup_epochs=2",
-            "train.ctc_warmup_lr=1e-2",
-            "data.train_augment=[]",
-            "train.warmup_teachers={video: audio}",
-            *extra,
-        ],
+        + ["train.ctc_warmup_rate=encoder", "train.ctc_warmup_lr=1e-2", "data.train_augment=[]", *settings],
+    )
+
+
+def teacher_exp(corpus: Path, tmp_path: Path, *extra: str):
+    return encoder_rate_exp(
+        corpus,
+        tmp_path,
+        "train.ctc_warmup_streams={audio: 0, video: 3}",
+        "train.ctc_warmup_epochs=2",
+        "train.warmup_teachers={video: audio}",
+        *extra,
     )
 
 
@@ -298,20 +302,13 @@ def test_teacher_settings_are_checked(corpus, tmp_path):
 
 
 def token_teacher_exp(corpus: Path, tmp_path: Path, *extra: str):
-    from llama_avsr.training.config import ExperimentConfig
-
-    return ExperimentConfig.load(
-        TINY,
-        overrides(corpus, tmp_path)
-        + [
-            "train.ctc_warmup_streams={audio: 4, video: 2}",
-            "train.ctc_warmup_rate=encoder",
-            "train.ctc_warmup_epochs=40",
-            "train.ctc_warmup_lr=1e-2",
-            "data.train_augment=[]",
-            "train.warmup_token_teachers={video: audio}",
-            *extra,
-        ],
+    return encoder_rate_exp(
+        corpus,
+        tmp_path,
+        "train.ctc_warmup_streams={audio: 4, video: 2}",
+        "train.ctc_warmup_epochs=40",
+        "train.warmup_token_teachers={video: audio}",
+        *extra,
     )
 
 

@@ -304,10 +304,8 @@ def _fit_projector(
             fit.step(proj, x, x_len, [index[targets[i]] for i in idx], extra)
     _match_norm(proj, feats, keep, radius)
     if teacher_tokens is not None and fit.extra_losses:
-        n = min(per_epoch, len(fit.extra_losses)) or 1
         key = f"{label}.tokens"
-        report.first_loss[key] = sum(fit.extra_losses[:n]) / n / max(weight, 1e-12)
-        report.last_loss[key] = sum(fit.extra_losses[-n:]) / n / max(weight, 1e-12)
+        fit.report_extra(report, key, per_epoch, weight)
         log.info(
             "Token distillation of the %s projector: cosine distance to the teacher's tokens %.3f → %.3f "
             "(1 = unrelated)",
@@ -319,21 +317,24 @@ def _fit_projector(
 
 
 def _token_teacher(model: AVSRModel, t: Any, name: str) -> str | None:
-    """The stream whose projected tokens stream ``name``'s projector learns to point to (``None``: none),
-    checked: another stream of the model, with a frozen encoder (so its projector was fitted first)."""
+    """The stream whose projected tokens stream ``name``'s projector learns to point to (``None``: none;
+    checked by :func:`_check_teacher`: its projector, on a frozen encoder, was fitted first)."""
     teacher = (t.warmup_token_teachers or {}).get(name)
     if teacher is None or not t.warmup_token_teacher_weight:
         return None
-    if teacher not in model.cfg.streams or teacher == name:
+    _check_teacher(model, "warmup_token_teachers", name, teacher)
+    return teacher
+
+
+def _check_teacher(model: AVSRModel, key: str, student: str, teacher: str) -> None:
+    """``train.<key>`` maps ``student`` to ``teacher``: another stream of the model, with a frozen encoder."""
+    if teacher not in model.cfg.streams or teacher == student:
         raise ValueError(
-            f"train.warmup_token_teachers: {name!r} → {teacher!r}: the teacher must be another stream of the "
-            f"model ({list(model.cfg.streams)})"
+            f"train.{key}: {student!r} → {teacher!r}: the teacher must be another stream of the model "
+            f"({list(model.cfg.streams)})"
         )
     if _encoder_trains(model, teacher):
-        raise ValueError(
-            f"train.warmup_token_teachers: the teacher stream {teacher!r} needs a frozen encoder"
-        )
-    return teacher
+        raise ValueError(f"train.{key}: the teacher stream {teacher!r} needs a frozen encoder")
 
 
 @torch.no_grad()
@@ -358,14 +359,20 @@ def _teacher_tokens(
     out = []
     for tf, sf in zip(teacher_feats, student_feats, strict=True):
         tok = proj(tf.to(ref.device, ref.dtype)).float().cpu()
-        n_s = len(sf)
-        target = torch.zeros(n_s, tok.shape[-1])
-        frames = min(n_s, int(len(tok) / ratio))
-        if frames >= 1:
-            span = min(len(tok), max(1, round(frames * ratio)))
-            target[:frames] = F.interpolate(tok[:span].T[None], size=frames, mode="area")[0].T
+        target = torch.zeros(len(sf), tok.shape[-1])
+        _area_resample(tok, ratio, len(sf), target)
         out.append(target)
     return out
+
+
+def _area_resample(seq: torch.Tensor, ratio: float, n_out: int, out: torch.Tensor) -> int:
+    """Write into ``out[:frames]`` the (T, D) sequence ``seq`` averaged over each output step's span of
+    ``ratio`` input steps, for the ``frames`` (returned, at most ``n_out``) output steps ``seq`` covers."""
+    frames = min(n_out, int(len(seq) / ratio))
+    if frames >= 1:
+        span = min(len(seq), max(1, round(frames * ratio)))
+        out[:frames] = F.interpolate(seq[:span].T[None], size=frames, mode="area")[0].T
+    return frames
 
 
 def _token_distance(proj: nn.Module, x: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
@@ -445,6 +452,12 @@ class _Fit:
             self.extra_losses.append(float(extra.detach()))
             self.bar.set_postfix(loss=f"{self.losses[-1]:.3f}", teacher=f"{self.extra_losses[-1]:.3f}")
 
+    def report_extra(self, report: WarmupReport, key: str, per_epoch: int, weight: float) -> None:
+        """The added loss of the first and last epoch, unweighted, into ``report`` under ``key``."""
+        n = min(per_epoch, len(self.extra_losses)) or 1
+        report.first_loss[key] = sum(self.extra_losses[:n]) / n / max(weight, 1e-12)
+        report.last_loss[key] = sum(self.extra_losses[-n:]) / n / max(weight, 1e-12)
+
     def finish(
         self,
         name: str,
@@ -487,8 +500,6 @@ class _Teacher:
 
     def __init__(self, model: AVSRModel, teacher: str, student_dim: int, student_rate: float) -> None:
         t_enc = model.encoders[model.cfg.streams[teacher].encoder]
-        if any(p.requires_grad for p in t_enc.parameters()):
-            raise ValueError(f"train.warmup_teachers: the teacher stream {teacher!r} needs a frozen encoder")
         self.model, self.name = model, teacher
         self.ratio = float(t_enc.frame_rate) / float(student_rate)  # teacher frames per student frame
         dim = int(t_enc.output_dim)
@@ -506,14 +517,8 @@ class _Teacher:
         b, t = len(student_lens), int(student_lens.max())
         out = feats.new_zeros(b, t, feats.shape[-1])
         mask = feats.new_zeros(b, t)
-        for i in range(b):
-            n_t, n_s = int(lens[i]), int(student_lens[i])
-            frames = min(n_s, int(n_t / self.ratio))  # student frames that the teacher's frames cover
-            if frames < 1:
-                continue
-            span = min(n_t, max(1, round(frames * self.ratio)))
-            seq = feats[i, :span].T[None]  # (1, D, span)
-            out[i, :frames] = F.interpolate(seq, size=frames, mode="area")[0].T
+        for i in range(b):  # the student frames that the teacher's frames cover
+            frames = _area_resample(feats[i, : int(lens[i])], self.ratio, int(student_lens[i]), out[i])
             mask[i, :frames] = 1
         valid = out[mask.bool()].double().cpu()
         self.count += len(valid)
@@ -560,11 +565,7 @@ def _warm_trained_stream(
     mods = list(scfg.inputs)
     teacher_name = (t.warmup_teachers or {}).get(name) if encoder_rate else None
     if teacher_name is not None:
-        if teacher_name not in model.cfg.streams or teacher_name == name:
-            raise ValueError(
-                f"train.warmup_teachers: {name!r} → {teacher_name!r}: the teacher must be another stream "
-                f"of the model ({list(model.cfg.streams)})"
-            )
+        _check_teacher(model, "warmup_teachers", name, teacher_name)
         teacher_mods = [m for m in model.cfg.streams[teacher_name].inputs if m not in mods]
         mods += teacher_mods
     collator = Collator(model.tokenizer, mods)
@@ -646,10 +647,8 @@ def _warm_trained_stream(
     keep = list(range(len(feats)))
     if encoder_rate:
         if teacher is not None and fit.extra_losses:
-            n = min(per_epoch, len(fit.extra_losses)) or 1
             key = f"{name}.teacher"
-            report.first_loss[key] = sum(fit.extra_losses[:n]) / n / max(t.warmup_teacher_weight, 1e-12)
-            report.last_loss[key] = sum(fit.extra_losses[-n:]) / n / max(t.warmup_teacher_weight, 1e-12)
+            fit.report_extra(report, key, per_epoch, t.warmup_teacher_weight)
             log.info(
                 "Distillation of the %s encoder from the %s stream's features: mean squared error of the "
                 "standardised features %.3f → %.3f (1 = no better than their mean)",
