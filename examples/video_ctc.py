@@ -16,6 +16,11 @@ forward + backward of the video path alone, float32 and bf16 autocast, both enco
     python examples/video_ctc.py corpus --steps 1200 --batch 8 \
         --options '{"input_size": 22, "widths": [], "prenorm": true}' [--teacher 1.0]
 
+``--align W`` adds frame cross-entropy (weight W, through a second linear head) on the token spans of
+the transcripts force-aligned on the audio (``train.warmup_aligners``: a linear CTC head fitted on the
+cached Whisper features, Viterbi alignment, frames split at the midpoints between token onsets); the
+frame head's greedy token error is reported beside the CTC head's.
+
 ``--teacher W`` adds the distillation loss of ``train.warmup_teachers`` (weight W): a linear head on the
 encoder's frames regresses Whisper tiny.en's features (pairs of 50 Hz frames averaged to 25 Hz, each
 dimension standardised over the training split), cached in ``<corpus>/whisper_tiny_25hz.pt``.
@@ -43,6 +48,7 @@ from llama_avsr.evaluation.metrics import ErrorCounts, align_counts
 from llama_avsr.media import read_video
 from llama_avsr.models.encoders import build_encoder
 from llama_avsr.models.llm import load_tokenizer
+from llama_avsr.training.warmup import ctc_align, span_labels
 
 ENCODERS = {
     "lipconv": EncoderConfig(kind="lipconv", arch="lipconv-demo", frozen=False),
@@ -95,6 +101,48 @@ def whisper_targets(corpus: Path) -> dict[str, list[torch.Tensor]]:
     return out
 
 
+def audio_alignments(corpus: Path, train: dict, index: torch.Tensor, n_cls: int) -> list[torch.Tensor]:
+    """Frame labels of the training videos from the audio: a linear CTC head on Whisper's 25 Hz features
+    (fitted here in seconds), Viterbi-aligned to the transcript's tokens."""
+    feats = whisper_targets(corpus)
+    tr = [f.float() for f in feats["train"]]
+    every = torch.cat(tr)
+    mu, sd = every.mean(0), every.std(0) + 1e-5
+    head = nn.Linear(every.shape[1], n_cls + 1)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    ys = [index[v] for v in train["ids"]]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        for k in torch.randperm(len(tr), generator=g).split(16):
+            x = nn.utils.rnn.pad_sequence([(tr[i] - mu) / sd for i in k], batch_first=True)
+            lp = head(x).log_softmax(-1).transpose(0, 1)
+            loss = F.ctc_loss(
+                lp,
+                torch.cat([ys[i] for i in k]),
+                torch.tensor([len(tr[i]) for i in k]),
+                torch.tensor([len(ys[i]) for i in k]),
+                zero_infinity=True,
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    labels, errs = [], ErrorCounts()
+    with torch.no_grad():
+        for i, f in enumerate(tr):
+            lp = head((f - mu) / sd).log_softmax(-1)
+            best = lp.argmax(-1).tolist()
+            hyp = [b for j, b in enumerate(best) if b != 0 and (j == 0 or b != best[j - 1])]
+            errs = errs + align_counts([str(int(v)) for v in ys[i]], [str(v) for v in hyp])
+            n = len(train["video"][i])
+            lab = span_labels(ctc_align(lp, ys[i].tolist()), ys[i].tolist(), len(f)).clamp(min=0)
+            out = torch.zeros(n, dtype=torch.long)
+            out[: min(n, len(lab))] = lab[:n]
+            labels.append(out)
+    labelled = float(torch.cat(labels).ne(0).float().mean())
+    print(f"audio CTC head: training token error {errs.rate:.3f}; frames labelled {labelled:.2f}", flush=True)  # noqa: T201
+    return labels
+
+
 def batch(data: dict, idx: list[int], targets: str) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     vs = [data["video"][i] for i in idx]
     x = torch.zeros(len(idx), max(len(v) for v in vs), 1, 88, 88)
@@ -141,6 +189,12 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true", help="only time the video path of both encoders")
     ap.add_argument("--options", default="{}", help="lipconv options as JSON (override lipconv-demo.json)")
     ap.add_argument("--teacher", type=float, default=0.0, help="weight of the Whisper-feature distillation")
+    ap.add_argument(
+        "--align",
+        type=float,
+        default=0.0,
+        help="weight of frame cross-entropy on token spans aligned from the audio",
+    )
     ap.add_argument("--every", type=int, default=150, help="validate every N steps")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -166,6 +220,10 @@ def main() -> None:
         t_mean, t_std = every.mean(0), every.std(0) + 1e-5
         t_head = nn.Linear(enc.output_dim, every.shape[1])
         params += [*t_head.parameters()]
+    aligned = audio_alignments(args.corpus, train, index, len(classes)) if args.align else None
+    if aligned is not None:
+        f_head = nn.Linear(enc.output_dim, len(classes) + 1)
+        params += [*f_head.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / args.steps)
@@ -180,13 +238,16 @@ def main() -> None:
             f, n = f[:, : t * args.stack].reshape(f.shape[0], t, -1), n // args.stack
         return head(f), n
 
-    def error_rate(data: dict, n: int = 100) -> tuple[float, float]:
+    def error_rate(data: dict, n: int = 100, frame: bool = False) -> tuple[float, float]:
         enc.eval()
         total, blank = ErrorCounts(), []
         with torch.no_grad():
             for k in range(0, n, 16):
                 x, lens, ys = batch(data, list(range(k, min(n, k + 16))), args.targets)
-                lg, m = logits(x, lens)
+                if frame:
+                    lg, m = f_head(enc({"video": x}, {"video": lens})[0]), lens
+                else:
+                    lg, m = logits(x, lens)
                 for j, y in enumerate(ys):
                     best = lg[j, : m[j]].argmax(-1).tolist()
                     blank.append(np.mean([b == 0 for b in best]))
@@ -221,6 +282,12 @@ def main() -> None:
                 target[j, :k], mask[j, :k] = (teacher[i][:k].float() - t_mean) / t_std, 1
             err = (t_head(feats) - target).square().mean(-1)
             loss = loss + args.teacher * (err * mask).sum() / mask.sum()
+        if aligned is not None:  # frame cross-entropy on the audio-aligned token spans
+            lab = torch.full(feats.shape[:2], -100, dtype=torch.long)
+            for j, i in enumerate(idx):
+                k = min(int(n_frames[j]), len(aligned[i]))
+                lab[j, :k] = aligned[i][:k]
+            loss = loss + args.align * F.cross_entropy(f_head(feats).flatten(0, 1), lab.flatten())
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(params, 5.0)
@@ -232,6 +299,8 @@ def main() -> None:
             if step % args.every == 0 or step == args.steps:
                 rate, blank = error_rate(val)
                 msg += f" | validation greedy {args.targets[:-1]} error rate {rate:.3f}, blank frames {blank:.2f}"
+                if aligned is not None:
+                    msg += " | frame head {:.3f} (silent frames {:.2f})".format(*error_rate(val, frame=True))
             print(msg, flush=True)  # noqa: T201
 
 

@@ -401,3 +401,80 @@ def test_token_teacher_settings_are_checked(corpus, tmp_path):
     )
     with pytest.raises(ValueError, match="teacher stream 'audio' needs a frozen encoder"):
         ctc_warmup(AVSRLightning(exp).model, exp)
+
+
+def test_forced_alignment_finds_the_frames_where_each_token_is_spoken():
+    """Viterbi CTC alignment returns each label's first frame on the best path, keeps a blank between
+    repeated labels, and gives nothing when the labels cannot fit; the spans split between onsets."""
+    from llama_avsr.training.warmup import ctc_align, span_labels
+
+    path = [0, 0, 3, 3, 0, 5, 0, 5, 5, 0, 2, 0]  # 3 at frame 2, 5 at 5, 5 again at 7, 2 at 10
+    lp = torch.full((len(path), 6), -8.0)
+    lp[torch.arange(len(path)), torch.tensor(path)] = -0.01
+    assert ctc_align(lp.log_softmax(-1), [3, 5, 5, 2]) == [2, 5, 7, 10]
+    assert ctc_align(lp.log_softmax(-1), [3, 5, 2]) in ([2, 5, 10], [2, 7, 10])
+    assert ctc_align(lp[:3].log_softmax(-1), [3, 5, 5, 2]) == []  # 4 labels + a blank > 3 frames
+    assert span_labels([2, 6, 10], [3, 5, 2], 14).tolist() == [3, 3, 3, 3, 5, 5, 5, 5, 2, 2, 2, 2, 2, 0]
+    assert span_labels([], [3], 4).tolist() == [-1] * 4  # not aligned: every frame unknown
+
+
+def aligner_exp(corpus: Path, tmp_path: Path, *extra: str):
+    return encoder_rate_exp(
+        corpus,
+        tmp_path,
+        "train.ctc_warmup_streams={audio: 4, video: 8}",
+        "train.ctc_warmup_epochs=20",
+        "train.warmup_aligners={video: audio}",
+        *extra,
+    )
+
+
+def test_aligned_frame_targets_read_the_transcript_and_train_encoder_and_projector(corpus, tmp_path):
+    """``train.warmup_aligners={video: audio}``: the transcripts are aligned on the audio; every aligned
+    utterance's video frame classes read its tokens in order, with silence around them; the encoder's
+    frame cross-entropy and the projector's fall in the warm-up, and nothing is added to the model."""
+    from llama_avsr.data.dataset import load_split
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import WarmupReport, _Aligner, _collect, ctc_warmup
+
+    exp = aligner_exp(corpus, tmp_path)
+    torch.manual_seed(0)
+    model = AVSRLightning(exp).model
+    _, targets = _collect(model, exp, [])
+    vocab = torch.unique(torch.cat(targets))
+    index = torch.zeros(int(vocab.max()) + 1, dtype=torch.long)
+    index[vocab] = torch.arange(1, len(vocab) + 1)
+    report = WarmupReport([], 0, 0, {}, 0.0)
+    aligner = _Aligner.build(model, exp, "video", index, torch.Generator().manual_seed(0), report, epochs=60)
+    ids = [u.id for u in load_split(exp.data, "train")]  # the order of ``targets``
+    assert set(aligner.labels) == set(ids)
+    aligned = 0
+    for utt, y in zip(ids, targets, strict=False):
+        lab = aligner.labels[utt]
+        if int(lab[0]) < 0:
+            continue
+        aligned += 1
+        runs = [int(v) for k, v in enumerate(lab) if v > 0 and (k == 0 or v != lab[k - 1])]
+        assert runs == [int(v) for k, v in enumerate(index[y]) if k == 0 or v != index[y][k - 1]]
+    assert aligned >= len(targets) // 2
+    n_params = sum(p.numel() for p in model.parameters())
+    report = ctc_warmup(model, exp)
+    assert {"video.encoder.aligned", "video.aligned"} <= set(report.last_loss)
+    for key in ("video.encoder.aligned", "video.aligned"):
+        assert report.last_loss[key] < 0.95 * report.first_loss[key], key
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    assert_video_tokens_at_embedding_norm(exp, model)
+
+
+def test_aligner_settings_are_checked(corpus, tmp_path):
+    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    with pytest.raises(ValueError, match="warmup_aligners needs train.ctc_warmup_rate: encoder"):
+        ExperimentConfig.load(TINY, overrides(corpus, tmp_path) + ["train.warmup_aligners={video: audio}"])
+    with pytest.raises(ValueError, match="warmup_aligner_weight"):
+        aligner_exp(corpus, tmp_path, "train.warmup_aligner_weight=-1")
+    exp = aligner_exp(corpus, tmp_path, "train.warmup_aligners={video: video}")
+    with pytest.raises(ValueError, match="teacher must be another stream"):
+        ctc_warmup(AVSRLightning(exp).model, exp)

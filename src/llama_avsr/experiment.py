@@ -109,6 +109,15 @@ class TrainConfig:
         transcript token) gives the projector almost no signal. The teacher's encoder must be frozen.
         On the demo it gave no gain while the lip encoder reads little (docs/results.md, issue 14).
     warmup_token_teacher_weight: the weight of that loss beside the projector's CTC loss.
+    warmup_aligners: a mapping student stream → teacher stream (``{video: audio}``) for the encoder-rate
+        warm-up: the training transcripts are force-aligned on the teacher's frozen encoder features
+        (a linear CTC head fitted in seconds, then Viterbi), and the student's encoder learns, through a
+        temporary linear head, the class of the token spoken at each of its frames (cross-entropy, 0
+        between words), besides CTC; its projector then learns the class of each of its tokens the same
+        way, in the cosine logits against the LLM's embeddings. Forced alignment is what gives hybrid
+        ASR systems their frame targets; here it gives every video frame a target from the first step
+        (``training/warmup.py``). ``None``: off.
+    warmup_aligner_weight: the weight of those cross-entropies beside the CTC losses.
     task_sampling: for a multi-task model (``model.tasks``): ``batch`` — one task per batch;
         ``utterance`` — one per utterance; ``all`` — every task on every utterance (Omni-AVSR), weighted
         by ``task_weights`` (``training/objective.py``).
@@ -157,6 +166,8 @@ class TrainConfig:
     warmup_teacher_weight: float = 1.0
     warmup_token_teachers: dict[str, str] | None = None
     warmup_token_teacher_weight: float = 1.0
+    warmup_aligners: dict[str, str] | None = None
+    warmup_aligner_weight: float = 1.0
     task_sampling: str = "batch"
     task_weights: dict[str, float] | None = None
     rate_sampling: str = "all"
@@ -240,6 +251,10 @@ class TrainConfig:
             raise ValueError("train.warmup_token_teachers needs train.ctc_warmup_rate: encoder")
         if self.warmup_token_teacher_weight < 0:
             raise ValueError("train.warmup_token_teacher_weight must be >= 0")
+        if self.warmup_aligners and self.ctc_warmup_rate != "encoder":
+            raise ValueError("train.warmup_aligners needs train.ctc_warmup_rate: encoder")
+        if self.warmup_aligner_weight < 0:
+            raise ValueError("train.warmup_aligner_weight must be >= 0")
         if self.feature_cache and self.sharded:
             raise ValueError(
                 f"train.feature_cache does not work with train.strategy={self.strategy}: a sharded encoder "

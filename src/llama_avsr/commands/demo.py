@@ -97,7 +97,7 @@ def task_config(
     warm = d["train"].get("ctc_warmup_streams")
     if isinstance(warm, dict):  # per-stream warm-up epochs: only the streams this task keeps
         d["train"]["ctc_warmup_streams"] = {k: v for k, v in warm.items() if k in keep}
-    for key in ("warmup_teachers", "warmup_token_teachers"):
+    for key in ("warmup_teachers", "warmup_token_teachers", "warmup_aligners"):
         teachers = d["train"].get(key)
         if teachers:  # distillation needs both streams: an ASR or VSR model keeps none
             d["train"][key] = {k: v for k, v in teachers.items() if k in keep and v in keep} or None

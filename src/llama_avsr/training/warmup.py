@@ -115,10 +115,15 @@ def _targets(row: torch.Tensor, eos: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _collect(
-    model: AVSRModel, exp: Any, streams: list[str], rates: dict[str, int] | None = None
+    model: AVSRModel,
+    exp: Any,
+    streams: list[str],
+    rates: dict[str, int] | None = None,
+    ids: list[str] | None = None,
 ) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
     """Compressed encoder features per stream (at ``rates``, default each stream's ``ratio``) and
-    transcript token ids, per training utterance (clean inputs: the evaluation transforms)."""
+    transcript token ids, per training utterance (clean inputs: the evaluation transforms); the
+    utterances' ids are appended to ``ids`` when given."""
     rates = rates or {}
 
     if not streams:  # only the transcripts' tokens are needed (tokenised as the collator does)
@@ -148,6 +153,8 @@ def _collect(
                 f, lens = model.stream_features(n, batch, rates.get(n))
                 feats[n].extend(f[i, : int(lens[i])].float().cpu() for i in range(len(batch)))
             targets.extend(_targets(batch.target_ids[i], eos).cpu() for i in range(len(batch)))
+            if ids is not None:
+                ids.extend(batch.ids)
     finally:
         model.train(was_training)
     return feats, targets
@@ -216,13 +223,21 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
         _fit_projector(model, t, name, feats[name], targets, keep, index, unit, radius, gen, report)
     for name in trained:
         if t.ctc_warmup_rate == "encoder":
-            _warm_trained_stream(model, exp, name, index, unit, radius, report, encoder_rate=True)
+            aligner = _Aligner.build(model, exp, name, index, gen, report)
+            _warm_trained_stream(
+                model, exp, name, index, unit, radius, report, encoder_rate=True, aligner=aligner
+            )
             # then the projector, on the warmed-up encoder's (clean, eval-mode) features
             teacher = _token_teacher(model, t, name)
-            f, y = _collect(model, exp, [name] + ([teacher] if teacher else []))
+            ids: list[str] = []
+            f, y = _collect(model, exp, [name] + ([teacher] if teacher else []), ids=ids)
             ok = [i for i, v in enumerate(y) if 0 < len(v) <= len(f[name][i])]
             epochs = t.ctc_warmup_epochs or stream_epochs(t, name)
             tokens = _teacher_tokens(model, teacher, name, f[teacher], f[name]) if teacher else None
+            labels = None
+            if aligner is not None:
+                ratio = model.cfg.streams[name].compression.ratio
+                labels = [aligner.token_labels(i, len(v), ratio) for i, v in zip(ids, f[name], strict=True)]
             _fit_projector(
                 model,
                 t,
@@ -237,6 +252,7 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
                 report,
                 epochs,
                 teacher_tokens=tokens,
+                aligned=labels,
             )
         else:
             _warm_trained_stream(model, exp, name, index, unit, radius, report)
@@ -276,20 +292,26 @@ def _fit_projector(
     epochs: float | None = None,
     rate: int | None = None,
     teacher_tokens: list[torch.Tensor] | None = None,
+    aligned: list[torch.Tensor] | None = None,
 ) -> None:
     """Fit stream ``name``'s projector (at compression ``rate``; default: its ``ratio``) alone on fixed
     features (``keep`` selects the utterances), then scale it to the embeddings' norm and report (under
     ``<name>@x<rate>`` for a rate other than the default). ``teacher_tokens``: per utterance, the tokens
     (one per feature frame) each output should point to besides the CTC loss (``train.warmup_token_teachers``;
-    cosine distance, weighted by ``train.warmup_token_teacher_weight``, reported under ``<name>.tokens``)."""
+    cosine distance, weighted by ``train.warmup_token_teacher_weight``, reported under ``<name>.tokens``).
+    ``aligned``: per utterance, the class of each output frame from :class:`_Aligner` (0: no token; -1:
+    none known): cross-entropy of the CTC logits on them besides CTC (``train.warmup_aligner_weight``,
+    reported under ``<name>.aligned``)."""
     bs = t.ctc_warmup_batch_size
     per_epoch = math.ceil(len(keep) / bs)
     total = max(1, round((stream_epochs(t, name) if epochs is None else epochs) * per_epoch))
     proj = model.projector(name, rate)
     label = name if rate is None else f"{name}@x{rate}"
     desc = f"CTC warm-up: {label} projector" + (" (+ token teacher)" if teacher_tokens is not None else "")
+    desc += " (+ aligned tokens)" if aligned is not None else ""
     fit = _Fit(proj.parameters(), unit, t.ctc_warmup_lr, total, desc)
     weight = float(t.warmup_token_teacher_weight)
+    a_weight = float(t.warmup_aligner_weight)
     while not fit.done:
         order = [keep[int(j)] for j in torch.randperm(len(keep), generator=gen)]
         for k in range(0, len(order), bs):
@@ -298,14 +320,23 @@ def _fit_projector(
             idx = order[k : k + bs]
             x = nn.utils.rnn.pad_sequence([feats[i] for i in idx], batch_first=True)
             x_len = torch.tensor([len(feats[i]) for i in idx])
-            extra = None
+            extra, logits = {}, None
             if teacher_tokens is not None:
-                extra = weight * _token_distance(proj, x, [teacher_tokens[i] for i in idx])
-            fit.step(proj, x, x_len, [index[targets[i]] for i in idx], extra)
+                extra["teacher"] = weight * _token_distance(proj, x, [teacher_tokens[i] for i in idx])
+            if aligned is not None:
+                logits = fit.logits(proj, x).float()
+                extra["aligned"] = a_weight * _frame_ce(logits, [aligned[i] for i in idx])
+            fit.step(proj, x, x_len, [index[targets[i]] for i in idx], extra, logits)
     _match_norm(proj, feats, keep, radius)
-    if teacher_tokens is not None and fit.extra_losses:
+    if fit.report_extra(report, f"{label}.aligned", "aligned", per_epoch, a_weight):
+        log.info(
+            "Aligned tokens of the %s projector: cross-entropy %.3f → %.3f",
+            label,
+            report.first_loss[f"{label}.aligned"],
+            report.last_loss[f"{label}.aligned"],
+        )
+    if fit.report_extra(report, f"{label}.tokens", "teacher", per_epoch, weight):
         key = f"{label}.tokens"
-        fit.report_extra(report, key, per_epoch, weight)
         log.info(
             "Token distillation of the %s projector: cosine distance to the teacher's tokens %.3f → %.3f "
             "(1 = unrelated)",
@@ -411,7 +442,7 @@ class _Fit:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0 - s / total)
         self.total = total
         self.losses: list[float] = []
-        self.extra_losses: list[float] = []
+        self.extra_losses: dict[str, list[float]] = {}
         self.bar = tqdm(total=total, desc=desc, unit="step")
 
     def logits(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -431,32 +462,41 @@ class _Fit:
         x: torch.Tensor,
         x_len: torch.Tensor,
         ys: list[torch.Tensor],
-        extra: torch.Tensor | None = None,
+        extra: dict[str, torch.Tensor] | None = None,
+        logits: torch.Tensor | None = None,
     ) -> None:
-        """One update on features ``x`` (B, T, D) of lengths ``x_len`` and class targets ``ys``; ``extra``: a
-        further loss added to the CTC loss (the teacher's; its value is kept in ``extra_losses``)."""
-        lp = self.logits(proj, x).float().log_softmax(-1).transpose(0, 1)
+        """One update on features ``x`` (B, T, D) of lengths ``x_len`` and class targets ``ys``; ``extra``:
+        further (weighted) losses added to the CTC loss, by name (their values are kept in
+        ``extra_losses[name]``); ``logits``: :meth:`logits` of ``x`` when the caller computed them already."""
+        logits = self.logits(proj, x) if logits is None else logits
+        lp = logits.float().log_softmax(-1).transpose(0, 1)
         y = torch.cat(ys).to(lp.device)
         y_len = torch.tensor([len(v) for v in ys])
         loss = F.ctc_loss(lp, y, x_len, y_len, blank=0, zero_infinity=True)  # lp: (T, B, C)
-        total = loss if extra is None else loss + extra
+        extra = extra or {}
+        total = loss + sum(extra.values()) if extra else loss
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
         self.sched.step()
         self.losses.append(float(loss.detach()))
         self.bar.update(1)
-        if extra is None:
-            self.bar.set_postfix(loss=f"{self.losses[-1]:.3f}")
-        else:
-            self.extra_losses.append(float(extra.detach()))
-            self.bar.set_postfix(loss=f"{self.losses[-1]:.3f}", teacher=f"{self.extra_losses[-1]:.3f}")
+        for k, v in extra.items():
+            self.extra_losses.setdefault(k, []).append(float(v.detach()))
+        self.bar.set_postfix(
+            loss=f"{self.losses[-1]:.3f}", **{k: f"{v[-1]:.3f}" for k, v in self.extra_losses.items()}
+        )
 
-    def report_extra(self, report: WarmupReport, key: str, per_epoch: int, weight: float) -> None:
-        """The added loss of the first and last epoch, unweighted, into ``report`` under ``key``."""
-        n = min(per_epoch, len(self.extra_losses)) or 1
-        report.first_loss[key] = sum(self.extra_losses[:n]) / n / max(weight, 1e-12)
-        report.last_loss[key] = sum(self.extra_losses[-n:]) / n / max(weight, 1e-12)
+    def report_extra(self, report: WarmupReport, key: str, loss: str, per_epoch: int, weight: float) -> bool:
+        """The added loss ``loss`` of the first and last epoch, unweighted, into ``report`` under ``key``
+        (``False``: that loss was never added)."""
+        values = self.extra_losses.get(loss)
+        if not values:
+            return False
+        n = min(per_epoch, len(values)) or 1
+        report.first_loss[key] = sum(values[:n]) / n / max(weight, 1e-12)
+        report.last_loss[key] = sum(values[-n:]) / n / max(weight, 1e-12)
+        return True
 
     def finish(
         self,
@@ -536,6 +576,191 @@ class _Teacher:
         return err.sum() / mask.sum().clamp(min=1)
 
 
+_NO_LABELS = torch.zeros(0, dtype=torch.long)
+
+
+def _frame_ce(logits: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of (B, T, C) ``logits`` against per-utterance frame classes (shorter sequences and
+    classes < 0 are left out; 0 when no frame has a class)."""
+    target = torch.full(logits.shape[:2], -100, dtype=torch.long)
+    for i, lab in enumerate(labels):
+        k = min(len(lab), logits.shape[1])
+        target[i, :k] = lab[:k]
+    target[target < 0] = -100
+    if not (target >= 0).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.flatten(0, 1), target.to(logits.device).flatten(), ignore_index=-100)
+
+
+def ctc_align(log_probs: torch.Tensor, labels: list[int]) -> list[int]:
+    """Viterbi CTC forced alignment of ``labels`` (class ids, blank = 0) to (T, C) ``log_probs``: the frame
+    of each label's first emission on the best path (``[]`` when the labels do not fit in T frames)."""
+    t_len = log_probs.shape[0]
+    ext = [0]
+    for v in labels:
+        ext += [int(v), 0]
+    n = len(ext)
+    repeats = sum(a == b for a, b in zip(labels, labels[1:], strict=False))
+    if t_len < len(labels) + repeats:
+        return []
+    lp = log_probs[:, ext].double()
+    # a move s-2 → s skips a blank: allowed into a label that differs from the label two states back
+    skip = torch.tensor([s >= 2 and ext[s] != 0 and ext[s] != ext[s - 2] for s in range(n)])
+    neg = torch.tensor(float("-inf"), dtype=torch.float64)
+    score = torch.full((n,), float("-inf"), dtype=torch.float64)
+    score[0] = lp[0, 0]
+    if n > 1:
+        score[1] = lp[0, 1]
+    back = torch.zeros(t_len, n, dtype=torch.long)
+    for t in range(1, t_len):
+        stay = score
+        step = torch.cat([neg[None], score[:-1]])
+        jump = torch.where(skip, torch.cat([neg[None].repeat(2), score[:-2]]), neg)
+        cand = torch.stack([stay, step, jump])
+        best, arg = cand.max(0)
+        score = best + lp[t]
+        back[t] = arg
+    s = n - 1 if n < 2 or score[n - 1] >= score[n - 2] else n - 2
+    first: dict[int, int] = {}
+    for t in range(t_len - 1, -1, -1):
+        if s % 2 == 1:
+            first[s // 2] = t  # walking backwards: the last write is the first frame
+        s -= int(back[t, s])
+    return [first[k] for k in range(len(labels))] if len(first) == len(labels) else []
+
+
+def span_labels(onsets: list[int], labels: list[int], n_frames: int) -> torch.Tensor:
+    """Frame classes from each label's emission frame: the frames between two consecutive emissions split
+    at their midpoint, the first and last labels extended by half the median spacing before and after
+    them; 0 (no token) outside, -1 for every frame when there are no onsets."""
+    if not onsets:
+        return torch.full((n_frames,), -1, dtype=torch.long)
+    out = torch.zeros(n_frames, dtype=torch.long)
+    gaps = [b - a for a, b in zip(onsets, onsets[1:], strict=False)]
+    half = max(1, round(sorted(gaps)[len(gaps) // 2] / 2)) if gaps else 3
+    bounds = [max(0, onsets[0] - half)]
+    bounds += [(a + b + 1) // 2 for a, b in zip(onsets, onsets[1:], strict=False)]
+    bounds.append(min(n_frames, onsets[-1] + half + 1))
+    for k, v in enumerate(labels):
+        out[bounds[k] : bounds[k + 1]] = v
+    return out
+
+
+class _Aligner:
+    """Frame targets for a student encoder from the transcript aligned on the teacher stream
+    (``train.warmup_aligners``): a linear CTC head over the warm-up's classes is fitted on the teacher's
+    frozen encoder features (clean inputs, resampled to the student's frame rate, standardised), then each
+    training transcript is force-aligned to them (Viterbi) and every student frame gets the class of the
+    token being spoken (0 between and around the words). Real corpora have no phoneme timings; the audio
+    gives them, as forced alignment gives the frame targets of hybrid ASR systems. Frame cross-entropy
+    on them gives every video frame a target from the first step, where CTC from scratch first learns
+    blanks everywhere (docs/results.md, issue 14, fifth round)."""
+
+    def __init__(self, teacher: str, labels: dict[str, torch.Tensor], token_error: float) -> None:
+        self.teacher = teacher
+        self.labels = labels
+        self.token_error = token_error
+
+    @classmethod
+    def build(
+        cls,
+        model: AVSRModel,
+        exp: Any,
+        student: str,
+        index: torch.Tensor,
+        gen: torch.Generator,
+        report: WarmupReport,
+        epochs: int = 8,
+    ) -> _Aligner | None:
+        t = exp.train
+        teacher = (t.warmup_aligners or {}).get(student)
+        if teacher is None or not t.warmup_aligner_weight:
+            return None
+        _check_teacher(model, "warmup_aligners", student, teacher)
+        start = time.time()
+        s_enc = model.encoders[model.cfg.streams[student].encoder]
+        t_enc = model.encoders[model.cfg.streams[teacher].encoder]
+        ratio = float(t_enc.frame_rate) / float(s_enc.frame_rate)  # teacher frames per student frame
+        mods = list(model.cfg.streams[teacher].inputs)
+        collator = Collator(model.tokenizer, mods)
+        data = _data(exp)
+        loader = build_dataloader(load_split(data, "train"), data, collator, "val", modalities=mods)
+        feats, ys, ids = [], [], []
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for batch in tqdm(loader, desc=f"Alignment: {teacher} features", unit="batch", leave=False):
+                    if not len(batch):
+                        continue
+                    batch = batch.to(model.device)
+                    f, lens = model.encoder_features(teacher, batch)
+                    for i in range(len(batch)):
+                        seq = f[i, : int(lens[i])].float().cpu()
+                        out = torch.zeros(max(1, int(len(seq) / ratio)), seq.shape[-1])
+                        frames = _area_resample(seq, ratio, len(out), out)
+                        feats.append(out[: max(frames, 1)])
+                        ys.append(index[_targets(batch.target_ids[i], collator.eos_id).cpu()])
+                        ids.append(batch.ids[i])
+        finally:
+            model.train(was_training)
+        every = torch.cat(feats)
+        mean, std = every.mean(0), every.std(0) + 1e-5
+        feats = [(f - mean) / std for f in feats]
+        fit = [i for i, y in enumerate(ys) if 0 < len(y) <= len(feats[i])]
+        head = nn.Linear(every.shape[1], int(index.max()) + 1)
+        opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+        for _ in range(epochs):
+            order = [fit[int(j)] for j in torch.randperm(len(fit), generator=gen)]
+            for k in range(0, len(order), 16):
+                b = order[k : k + 16]
+                lp = head(nn.utils.rnn.pad_sequence([feats[i] for i in b], batch_first=True))
+                loss = F.ctc_loss(
+                    lp.log_softmax(-1).transpose(0, 1),
+                    torch.cat([ys[i] for i in b]),
+                    torch.tensor([len(feats[i]) for i in b]),
+                    torch.tensor([len(ys[i]) for i in b]),
+                    zero_infinity=True,
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        labels: dict[str, torch.Tensor] = {}
+        errors = ErrorCounts()
+        with torch.no_grad():
+            for i, f in enumerate(feats):
+                lp = head(f).log_softmax(-1)
+                errors = errors + align_counts([str(int(v)) for v in ys[i]], [str(v) for v in _greedy(lp)])
+                labels[ids[i]] = span_labels(ctc_align(lp, ys[i].tolist()), ys[i].tolist(), len(f))
+        known = torch.cat([v for v in labels.values()])
+        key = f"{student}.alignment"
+        report.token_error_rate[key] = errors.rate
+        log.info(
+            "Alignment of the training transcripts on the %s stream for the %s encoder: the %s CTC head's "
+            "greedy token error rate %.1f %%; %d of %d utterances aligned, %.0f %% of their frames in a token "
+            "(%.0f s)",
+            teacher,
+            student,
+            teacher,
+            100 * errors.rate,
+            sum(1 for v in labels.values() if len(v) and int(v[0]) >= 0),
+            len(labels),
+            100 * float((known > 0).float().sum() / (known >= 0).float().sum().clamp(min=1)),
+            time.time() - start,
+        )
+        return cls(teacher, labels, errors.rate)
+
+    def token_labels(self, utt: str, n_tokens: int, ratio: int) -> torch.Tensor:
+        """The classes of an utterance's ``n_tokens`` outputs after a stack of ``ratio`` student frames:
+        each the class of the frame at its centre (-1: unknown)."""
+        lab = self.labels.get(utt, _NO_LABELS)
+        centre = torch.arange(n_tokens) * ratio + ratio // 2
+        out = torch.full((n_tokens,), -1, dtype=torch.long)
+        ok = centre < len(lab)
+        out[ok] = lab[centre[ok]]
+        return out
+
+
 def stream_epochs(t: Any, name: str) -> float:
     """Warm-up epochs of stream ``name``: its entry when ``train.ctc_warmup_streams`` is a mapping."""
     chosen = t.ctc_warmup_streams
@@ -553,12 +778,14 @@ def _warm_trained_stream(
     radius: float,
     report: WarmupReport,
     encoder_rate: bool = False,
+    aligner: _Aligner | None = None,
 ) -> None:
     """Encoder + compressor + projector of ``name`` trained together with CTC, from the training loader
     (augmented, shuffled by epoch), in bf16 autocast when the run trains in bf16. ``encoder_rate``: the
     encoder alone with a temporary linear head over the classes at its own frame rate (no compression,
     no projector; the head is discarded and the report holds the encoder's own CTC figures under
-    ``<name>.encoder``)."""
+    ``<name>.encoder``). ``aligner``: in the encoder-rate warm-up, a third temporary linear head learns the
+    frame classes of :class:`_Aligner` with cross-entropy (reported under ``<name>.aligned``)."""
 
     t = exp.train
     scfg = model.cfg.streams[name]
@@ -592,6 +819,10 @@ def _warm_trained_stream(
             teacher = _Teacher(model, teacher_name, enc.output_dim, enc.frame_rate)
             extra = [*teacher.head.parameters()]
             desc += f" (+ {teacher_name} teacher)"
+        if aligner is not None:
+            a_head = nn.Linear(enc.output_dim, unit.shape[0] + 1).to(ref.device)
+            extra += [*a_head.parameters()]
+            desc += f" (+ tokens aligned on {aligner.teacher})"
         fit = _Fit(enc.parameters(), unit, t.ctc_warmup_lr, total, desc, head=head, extra_params=extra)
     else:
         params = [*enc.parameters(), *proj.parameters()]
@@ -624,9 +855,13 @@ def _warm_trained_stream(
                 with autocast:
                     f, lens = features(batch)
                 ys = [index[_targets(batch.target_ids[i], eos).cpu()] for i in range(len(batch))]
-                extra_loss = None
+                extra_loss = {}
                 if teacher is not None:
-                    extra_loss = t.warmup_teacher_weight * teacher.loss(f, batch, lens)
+                    extra_loss["teacher"] = t.warmup_teacher_weight * teacher.loss(f, batch, lens)
+                if aligner is not None:
+                    labels = [aligner.labels.get(u, _NO_LABELS) for u in batch.ids]
+                    logits = a_head(f.float())
+                    extra_loss["aligned"] = t.warmup_aligner_weight * _frame_ce(logits, labels)
                 fit.step(proj, f, lens.cpu(), ys, extra_loss)
         # the norm and the error rate on clean inputs, encoder in eval mode
         model.eval()
@@ -646,9 +881,16 @@ def _warm_trained_stream(
         model.train(was_training)
     keep = list(range(len(feats)))
     if encoder_rate:
-        if teacher is not None and fit.extra_losses:
+        key = f"{name}.encoder.aligned"
+        if fit.report_extra(report, key, "aligned", per_epoch, t.warmup_aligner_weight):
+            log.info(
+                "Aligned tokens of the %s encoder: frame cross-entropy %.3f → %.3f",
+                name,
+                report.first_loss[key],
+                report.last_loss[key],
+            )
+        if fit.report_extra(report, f"{name}.teacher", "teacher", per_epoch, t.warmup_teacher_weight):
             key = f"{name}.teacher"
-            fit.report_extra(report, key, per_epoch, t.warmup_teacher_weight)
             log.info(
                 "Distillation of the %s encoder from the %s stream's features: mean squared error of the "
                 "standardised features %.3f → %.3f (1 = no better than their mean)",
