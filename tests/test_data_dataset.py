@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -401,3 +402,47 @@ def test_video_cache_keeps_to_its_budget(corpus: Path) -> None:
     assert AVDataset(utterances, ["video"])._video_cache == {}
     with pytest.raises(ValueError, match="video_cache_mb"):
         DataConfig(video_cache_mb=-1)
+
+
+def test_augment_variants_repeat_a_modality_every_k_epochs_and_leave_the_others_fresh(corpus: Path) -> None:
+    """``data.augment_variants: {audio: 2}``: an item's noisy audio is one of two fixed variants (epoch
+    0 = epoch 2 ≠ epoch 1), the same from the loader with any number of workers; its video still gets a
+    new random crop every epoch."""
+    noise = corpus / "noise.wav"
+    media.write_wav(noise, np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1)
+    utterances = utts(corpus)
+    cfg = DataConfig(
+        noise_file=str(noise), train_snrs=[0], augment_variants={"audio": 2}, num_workers=0, seed=4
+    )
+    collator = Collator(CharTokenizer(), ["audio", "video"])
+    ds = build_dataloader(utterances, cfg, collator, "train").dataset
+    clean = AVDataset(utterances, ["audio", "video"])
+    for i in range(len(utterances)):
+        e0, e1, e2 = (ds[(e, i)] for e in range(3))
+        assert torch.equal(e0["audio"], e2["audio"])
+        assert not torch.equal(e0["audio"], e1["audio"])
+        assert not torch.equal(e0["audio"], clean[i]["audio"])  # noisy, not clean
+        assert not torch.equal(e0["video"], e2["video"])  # a fresh crop and time mask
+    # through the loader, with workers: the same per-item variant as the dataset gives
+    by_id = {
+        i: x.inputs["audio"][k, : int(x.lengths["audio"][k])]
+        for w in (0, 2)
+        for x in build_dataloader(
+            utterances, dataclasses.replace(cfg, num_workers=w), collator, "train", epoch=2
+        )
+        for k, i in enumerate(x.ids)
+    }
+    for i, u in enumerate(utterances):
+        assert torch.equal(by_id[u.id], ds[(0, i)]["audio"])
+    # a plain index draws one of the variants
+    plain = ds[0]["audio"]
+    assert torch.equal(plain, ds[(0, 0)]["audio"]) or torch.equal(plain, ds[(1, 0)]["audio"])
+
+
+def test_augment_variants_are_checked() -> None:
+    with pytest.raises(ValueError, match="augment_variants.*count >= 1"):
+        DataConfig(augment_variants={"audio": 0})
+    with pytest.raises(ValueError, match="augment_variants.*video is not augmented"):
+        DataConfig(train_augment=["audio"], augment_variants={"video": 3})
+    with pytest.raises(ValueError, match="augment_variants: modalities"):
+        DataConfig(augment_variants={"speech": 3})

@@ -246,9 +246,16 @@ def test_train_augment_switch_gives_the_clean_pipeline_in_training():
         DataConfig(train_augment=["speech"])
 
 
-def test_training_run_reuses_features_across_epochs(tmp_path, smollm2_dir, monkeypatch):
+@pytest.mark.parametrize(
+    "augment, variants, epochs, encoded",
+    [([], {}, 3, 4), (["audio"], {"audio": 2}, 4, 8)],
+    ids=["clean", "two-noisy-variants"],
+)
+def test_training_run_reuses_features_across_epochs(
+    tmp_path, smollm2_dir, monkeypatch, augment, variants, epochs, encoded
+):
     """`train.feature_cache=memory` with audio augmentation off: the Whisper encoder runs in the first
-    epoch only."""
+    epoch only; with noisy audio in two fixed variants (`data.augment_variants`), in the first two."""
     from llama_avsr.models.encoders.whisper import WhisperEncoder
     from llama_avsr.training.config import ExperimentConfig
     from llama_avsr.training.run import train
@@ -262,6 +269,8 @@ def test_training_run_reuses_features_across_epochs(tmp_path, smollm2_dir, monke
         media.write_wav(root / "d" / rel.replace(".mp4", ".wav"), 0.1 * rng.standard_normal(12800))
         rows.append(f"d,{rel},20,0,word number {i}")
     (root / "train.csv").write_text("\n".join(rows) + "\n")
+    noise = tmp_path / "noise.wav"
+    media.write_wav(noise, 0.1 * rng.standard_normal(16000))
 
     calls = []
     forward = WhisperEncoder.forward
@@ -276,11 +285,14 @@ def test_training_run_reuses_features_across_epochs(tmp_path, smollm2_dir, monke
                 "train_csv": str(root / "train.csv"),
                 "max_frames": 40,
                 "num_workers": 0,
-                "train_augment": [],
+                "train_augment": augment,
+                "augment_variants": variants,
+                "noise_file": str(noise),
+                "train_snrs": [0],
             },
             "train": {
                 "out_dir": str(tmp_path / "run"),
-                "epochs": 3,
+                "epochs": epochs,
                 "warmup_steps": 1,
                 "precision": "32-true",
                 "accelerator": "cpu",
@@ -292,7 +304,7 @@ def test_training_run_reuses_features_across_epochs(tmp_path, smollm2_dir, monke
         }
     )
     train(exp)
-    assert sum(calls) == 4, calls  # each utterance encoded once, in the first of three epochs
+    assert sum(calls) == encoded, calls  # each utterance (variant) encoded once
 
 
 def test_fingerprint_of_an_encoder_with_scalar_buffers():

@@ -418,6 +418,29 @@ def test_forced_alignment_finds_the_frames_where_each_token_is_spoken():
     assert span_labels([], [3], 4).tolist() == [-1] * 4  # not aligned: every frame unknown
 
 
+def test_ctc_head_learns_separable_features_and_depends_only_on_its_generator():
+    """The alignment's linear CTC head reads class sequences off features where each class has its own
+    direction, and the same generator seed gives the same head (not the global random state)."""
+    from llama_avsr.training.warmup import _greedy, fit_ctc_head
+
+    g = torch.Generator().manual_seed(1)
+    protos = torch.randn(6, 16, generator=g) * 3
+    feats, ys = [], []
+    for _ in range(48):
+        y = torch.randperm(5, generator=g)[:4] + 1  # no repeat: nothing for a blank to separate
+        frames = [0, *[int(c) for c in y for _ in range(3)], 0]  # 3 frames per class, silence around
+        feats.append(protos[frames] + 0.3 * torch.randn(len(frames), 16, generator=g))
+        ys.append(y)
+    heads = []
+    for _ in range(2):
+        torch.manual_seed(len(heads))  # a different global state each time
+        heads.append(fit_ctc_head(feats, ys, 6, torch.Generator().manual_seed(0), epochs=40, lr=1e-2))
+    assert torch.equal(heads[0].weight, heads[1].weight)
+    with torch.no_grad():
+        right = sum(_greedy(heads[0](f).log_softmax(-1)) == y.tolist() for f, y in zip(feats, ys, strict=True))
+    assert right >= 40, right
+
+
 def aligner_exp(corpus: Path, tmp_path: Path, *extra: str):
     return encoder_rate_exp(
         corpus,

@@ -41,6 +41,12 @@ class DataConfig:
     blank_modalities: modalities blanked at validation / test (``[audio]`` evaluates a model with the
         video alone): video frames become zeros after normalisation (a uniform mean-gray frame, no
         mouth), audio becomes silence; lengths are kept, so the token layout does not change.
+    augment_variants: modality → K: each training utterance of that modality gets one of K fixed
+        augmentations (noise segment, SNR, time mask), variant ``epoch mod K`` in epoch ``epoch``, instead of
+        a new one every epoch (``{audio: 4}``). Its inputs then recur, so a frozen encoder reading them is
+        cached with ``train.feature_cache`` (K entries per utterance) instead of running every step:
+        noisy training at the cost of K clean epochs of that encoder. The other modalities still draw a
+        new augmentation each epoch.
     decode_snr_target: SNR of the noise added at validation / test; ``None`` = clean.
     seed: seeds the batch order (with the epoch) and the augmentation generators.
     on_error: ``skip`` logs and drops unreadable items, ``raise`` fails on the first one.
@@ -62,6 +68,7 @@ class DataConfig:
     train_snrs: list[float | None] = field(default_factory=lambda: list(PAPER_TRAIN_SNRS))
     train_augment: list[str] = field(default_factory=lambda: ["audio", "video"])
     modality_dropout: dict[str, float] = field(default_factory=dict)
+    augment_variants: dict[str, int] = field(default_factory=dict)
     blank_modalities: list[str] = field(default_factory=list)
     decode_snr_target: float | None = None
     seed: int = 0
@@ -85,6 +92,7 @@ class DataConfig:
             raise ValueError(f"data.train_augment: modalities are audio and video, got {self.train_augment}")
         for what, mods in (
             ("modality_dropout", self.modality_dropout),
+            ("augment_variants", self.augment_variants),
             ("blank_modalities", self.blank_modalities),
         ):
             if set(mods) - {"audio", "video"}:
@@ -96,6 +104,16 @@ class DataConfig:
             )
         if not self.train_snrs:
             raise ValueError("data.train_snrs must hold at least one level (null = clean)")
+        if any(
+            not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in self.augment_variants.values()
+        ):
+            raise ValueError(f"data.augment_variants: a count >= 1 per modality, got {self.augment_variants}")
+        idle = sorted(set(self.augment_variants) - set(self.train_augment))
+        if idle:
+            raise ValueError(
+                f"data.augment_variants: {'/'.join(idle)} is not augmented in training (data.train_augment="
+                f"{self.train_augment}): there is nothing to vary"
+            )
 
     def noise_for(self, split: str) -> tuple[str | None, str]:
         """The noise file of ``split`` and the synthetic babble track used when it is ``None``."""

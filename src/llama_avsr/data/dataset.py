@@ -34,6 +34,9 @@ from llama_avsr.errors import UserError
 
 log = logging.getLogger(__name__)
 
+#: mixed into the seeds of fixed augmentation variants (``augment_variants``), apart from the epoch seeds
+_VARIANT_TAG = 0x5641524E
+
 
 class DataError(UserError, ValueError):
     """A label file or corpus setting that cannot be used (named in the message)."""
@@ -105,6 +108,9 @@ class AVDataset(Dataset):
     modality_dropout: modality → probability that an item's input is blanked (at most one modality per
         item; ``DataConfig.modality_dropout``); ignored when only one modality is loaded. blank: modalities blanked in every item.
     Items in which a modality was blanked list them under ``"blanked"``.
+    augment_variants: modality → K (``DataConfig.augment_variants``): that modality's transform draws from
+        one of K generators fixed per item, seeded by (seed, variant, index, modality): variant
+        ``epoch mod K`` for a keyed item, a random one (from the item's generator) for a plain index.
     video_cache_bytes: decoded video frames (uint8, before augmentation) of up to this many bytes are kept
         per process and reused instead of decoding again (``DataConfig.video_cache_mb``); 0: none.
     """
@@ -119,6 +125,7 @@ class AVDataset(Dataset):
         modality_dropout: Mapping[str, float] | None = None,
         blank: Sequence[str] = (),
         video_cache_bytes: int = 0,
+        augment_variants: Mapping[str, int] | None = None,
     ) -> None:
         bad = set(modalities) - set(MODALITIES)
         if bad or not modalities:
@@ -142,6 +149,9 @@ class AVDataset(Dataset):
         drop = modality_dropout if len(self.modalities) > 1 else None
         self.modality_dropout = {m: p for m, p in (drop or {}).items() if m in self.modalities and p > 0}
         self.blank = [m for m in blank if m in self.modalities]
+        self.augment_variants = {
+            m: int(k) for m, k in (augment_variants or {}).items() if m in self.modalities
+        }
         self._gen: torch.Generator | None = None
         self._gen_owner: int | None = None
         self.video_cache_bytes = video_cache_bytes
@@ -205,10 +215,14 @@ class AVDataset(Dataset):
                 raise media.MediaError(f"{utt.audio} does not exist and {e}") from e
             raise
 
-    def load(self, index: int, generator: torch.Generator | None = None) -> dict[str, Any]:
+    def load(
+        self, index: int, generator: torch.Generator | None = None, epoch: int | None = None
+    ) -> dict[str, Any]:
         """Decode, align and transform item ``index``; raises ``MediaError`` naming the file.
 
-        generator: draws the augmentation (default: this process's generator, :meth:`generator`)."""
+        generator: draws the augmentation (default: this process's generator, :meth:`generator`).
+        epoch: picks the variant of the modalities in ``augment_variants`` (``epoch mod K``; without it,
+        a random variant drawn from ``generator``)."""
         utt = self.utterances[index]
         raw: dict[str, torch.Tensor] = {}
         if "video" in self.modalities:
@@ -221,7 +235,7 @@ class AVDataset(Dataset):
         g = generator if generator is not None else self.generator()
         for m, x in raw.items():
             try:
-                sample[m] = self.transforms[m](x, g).float()
+                sample[m] = self.transforms[m](x, self._variant_generator(m, index, epoch, g)).float()
             except ValueError as e:  # e.g. frames too small to crop: a property of the file
                 path = utt.video if m == "video" else utt.audio_source()
                 raise media.MediaError(f"{path}: {m} transform failed ({e})") from e
@@ -238,16 +252,29 @@ class AVDataset(Dataset):
             sample["blanked"] = blanked
         return sample
 
+    def _variant_generator(
+        self, modality: str, index: int, epoch: int | None, g: torch.Generator
+    ) -> torch.Generator:
+        """The generator of ``modality``'s transform: ``g``, or the item's fixed variant generator when the
+        modality has a number of variants."""
+        k = self.augment_variants.get(modality)
+        if k is None:
+            return g
+        variant = epoch % k if epoch is not None else int(torch.randint(0, k, (), generator=g))
+        code = MODALITIES.index(modality) + 1
+        return torch.Generator().manual_seed(mix_seed(self.seed, _VARIANT_TAG, variant, index, code))
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | SkippedItem:
         """Item ``key``: an index, or ``(epoch, index)`` for an item with its own augmentation stream."""
         generator = None
+        epoch = None
         if isinstance(key, tuple):
             epoch, index = key
             generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index))
         else:
             index = key
         try:
-            return self.load(index, generator)
+            return self.load(index, generator, epoch)
         except (media.MediaError, OSError) as e:
             if self.on_error == "raise":
                 raise
@@ -325,6 +352,7 @@ def build_dataloader(
         modality_dropout=cfg.modality_dropout if train else None,
         blank=() if train else cfg.blank_modalities,
         video_cache_bytes=cfg.video_cache_mb << 20,
+        augment_variants=cfg.augment_variants if train else None,
     )
     sampler = FrameBudgetBatchSampler(
         dataset.lengths,

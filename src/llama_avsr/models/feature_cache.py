@@ -252,14 +252,19 @@ def _pad(feats: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor,
     return out, lens.to(device)
 
 
-def cache_for_training(model: nn.Module, spec: str, augmented: Collection[str]) -> FeatureCache | None:
+def cache_for_training(
+    model: nn.Module, spec: str, augmented: Collection[str], variants: Mapping[str, int] | None = None
+) -> FeatureCache | None:
     """The cache a training run uses (``train.feature_cache``): ``spec`` is ``"memory"`` or a folder.
 
-    Only frozen encoders in eval mode whose stream inputs are all free of training augmentation
-    (modalities not in ``augmented``, i.e. ``data.train_augment``) are cached; the others are named in
-    a log message with the setting that would make them cacheable. Returns ``None`` when nothing
-    qualifies.
+    Only frozen encoders in eval mode whose stream inputs are all free of fresh training augmentation
+    are cached: modalities not in ``augmented`` (``data.train_augment``), or augmented with a fixed number
+    of variants per utterance (``variants``, ``data.augment_variants``: their inputs recur, K entries per
+    utterance). The others are named in a log message with the setting that would make them cacheable.
+    Returns ``None`` when nothing qualifies.
     """
+    variants = dict(variants or {})
+    augmented = [m for m in augmented if m not in variants]
     cacheable: set[str] = set()
     for stream in model.cfg.streams.values():
         name = stream.encoder
@@ -271,10 +276,11 @@ def cache_for_training(model: nn.Module, spec: str, augmented: Collection[str]) 
         elif noisy:
             log.warning(
                 "feature cache: encoder %r reads %s, augmented in training: not cached "
-                "(set data.train_augment without %s to cache it)",
+                "(set data.train_augment without %s, or data.augment_variants: {%s: K}, to cache it)",
                 name,
                 "/".join(noisy),
                 "/".join(noisy),
+                noisy[0],
             )
         else:
             cacheable.add(name)
@@ -287,4 +293,10 @@ def cache_for_training(model: nn.Module, spec: str, augmented: Collection[str]) 
         return None
     cache = FeatureCache(None if spec == MEMORY else spec, encoders=cacheable)
     log.info("feature cache for encoder(s) %s: %s", sorted(cacheable), cache)
+    for stream in model.cfg.streams.values():
+        k = max((variants.get(m, 1) for m in stream.inputs), default=1)
+        if stream.encoder in cacheable and k > 1:
+            log.info(
+                "feature cache: up to %d augmented variants per utterance for encoder %r", k, stream.encoder
+            )
     return cache

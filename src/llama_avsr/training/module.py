@@ -173,7 +173,7 @@ class AVSRLightning(L.LightningModule):
             from llama_avsr.models.feature_cache import cache_for_training
 
             self.model.feature_cache = cache_for_training(
-                self.model, exp.train.feature_cache, exp.data.train_augment
+                self.model, exp.train.feature_cache, exp.data.train_augment, exp.data.augment_variants
             )
         if exp.train.llm_quantization:
             from llama_avsr.training.quantize import quantize_frozen_llm

@@ -592,6 +592,43 @@ def _frame_ce(logits: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), target.to(logits.device).flatten(), ignore_index=-100)
 
 
+def fit_ctc_head(
+    feats: list[torch.Tensor],
+    ys: list[torch.Tensor],
+    n_classes: int,
+    gen: torch.Generator,
+    epochs: int = 24,
+    lr: float = 3e-3,
+    batch_size: int = 16,
+) -> nn.Linear:
+    """A linear CTC head (class 0 = blank) fitted on fixed features ``feats`` (each (T_i, D)) to the class
+    sequences ``ys``, with Adam; utterances with more classes than frames are left out. Initialisation
+    and order come from ``gen``: the same inputs give the same head."""
+    fit = [i for i, y in enumerate(ys) if 0 < len(y) <= len(feats[i])]
+    head = nn.Linear(feats[0].shape[-1], n_classes)
+    with torch.no_grad():
+        bound = 1.0 / math.sqrt(feats[0].shape[-1])
+        head.weight.copy_(torch.rand(head.weight.shape, generator=gen) * 2 * bound - bound)
+        head.bias.zero_()
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    for _ in range(epochs):
+        order = [fit[int(j)] for j in torch.randperm(len(fit), generator=gen)]
+        for k in range(0, len(order), batch_size):
+            b = order[k : k + batch_size]
+            lp = head(nn.utils.rnn.pad_sequence([feats[i] for i in b], batch_first=True))
+            loss = F.ctc_loss(
+                lp.log_softmax(-1).transpose(0, 1),
+                torch.cat([ys[i] for i in b]),
+                torch.tensor([len(feats[i]) for i in b]),
+                torch.tensor([len(ys[i]) for i in b]),
+                zero_infinity=True,
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return head
+
+
 def ctc_align(log_probs: torch.Tensor, labels: list[int]) -> list[int]:
     """Viterbi CTC forced alignment of ``labels`` (class ids, blank = 0) to (T, C) ``log_probs``: the frame
     of each label's first emission on the best path (``[]`` when the labels do not fit in T frames)."""
@@ -670,7 +707,7 @@ class _Aligner:
         index: torch.Tensor,
         gen: torch.Generator,
         report: WarmupReport,
-        epochs: int = 8,
+        epochs: int = 24,
     ) -> _Aligner | None:
         t = exp.train
         teacher = (t.warmup_aligners or {}).get(student)
@@ -707,24 +744,7 @@ class _Aligner:
         every = torch.cat(feats)
         mean, std = every.mean(0), every.std(0) + 1e-5
         feats = [(f - mean) / std for f in feats]
-        fit = [i for i, y in enumerate(ys) if 0 < len(y) <= len(feats[i])]
-        head = nn.Linear(every.shape[1], int(index.max()) + 1)
-        opt = torch.optim.Adam(head.parameters(), lr=3e-3)
-        for _ in range(epochs):
-            order = [fit[int(j)] for j in torch.randperm(len(fit), generator=gen)]
-            for k in range(0, len(order), 16):
-                b = order[k : k + 16]
-                lp = head(nn.utils.rnn.pad_sequence([feats[i] for i in b], batch_first=True))
-                loss = F.ctc_loss(
-                    lp.log_softmax(-1).transpose(0, 1),
-                    torch.cat([ys[i] for i in b]),
-                    torch.tensor([len(feats[i]) for i in b]),
-                    torch.tensor([len(ys[i]) for i in b]),
-                    zero_infinity=True,
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+        head = fit_ctc_head(feats, ys, int(index.max()) + 1, gen, epochs)
         labels: dict[str, torch.Tensor] = {}
         errors = ErrorCounts()
         with torch.no_grad():
