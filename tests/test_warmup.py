@@ -437,7 +437,9 @@ def test_ctc_head_learns_separable_features_and_depends_only_on_its_generator():
         heads.append(fit_ctc_head(feats, ys, 6, torch.Generator().manual_seed(0), epochs=40, lr=1e-2))
     assert torch.equal(heads[0].weight, heads[1].weight)
     with torch.no_grad():
-        right = sum(_greedy(heads[0](f).log_softmax(-1)) == y.tolist() for f, y in zip(feats, ys, strict=True))
+        right = sum(
+            _greedy(heads[0](f).log_softmax(-1)) == y.tolist() for f, y in zip(feats, ys, strict=True)
+        )
     assert right >= 40, right
 
 
