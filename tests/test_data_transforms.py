@@ -192,6 +192,22 @@ def test_train_audio_snr_choice_and_clean(noise_wav: Path) -> None:
             assert abs(measure_snr(s, o)) < 0.1
 
 
+def test_time_masks_can_be_left_out_of_a_modalitys_training_augmentation(noise_wav: Path) -> None:
+    """``data.train_time_masks=[video]``: the training audio gets noise at the drawn SNR and no silenced
+    spans (every sample differs from the speech by the noise alone); the video keeps its masks."""
+    cfg = DataConfig(noise_file=str(noise_wav), train_snrs=[0.0], train_time_masks=["video"])
+    audio = build_pipeline("train", "audio", cfg)
+    assert [type(step) for step in audio.steps] == [AddNoise]
+    s = torch.from_numpy(speech_like(16000))
+    for k in range(5):
+        assert abs(measure_snr(s, audio(s, gen(k)))) < 0.1
+    assert any(isinstance(step, AdaptiveTimeMask) for step in build_pipeline("train", "video", cfg).steps)
+    masked = build_pipeline("train", "audio", DataConfig(noise_file=str(noise_wav), train_snrs=[0.0]))
+    assert isinstance(masked.steps[0], AdaptiveTimeMask)  # the paper's default keeps them
+    with pytest.raises(ValueError, match="train_time_masks"):
+        DataConfig(train_time_masks=["speech"])
+
+
 def test_bad_noise_file_is_fatal(tmp_path: Path) -> None:
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all" * 10)

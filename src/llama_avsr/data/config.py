@@ -41,6 +41,9 @@ class DataConfig:
     blank_modalities: modalities blanked at validation / test (``[audio]`` evaluates a model with the
         video alone): video frames become zeros after normalisation (a uniform mean-gray frame, no
         mouth), audio becomes silence; lengths are kept, so the token layout does not change.
+    train_time_masks: modalities whose training augmentation includes the adaptive time masks (all, as
+        the paper; ``[video]`` trains the audio with noise alone: on a short budget the masks, which
+        silence up to 40 % of each second of audio, slow learning down).
     augment_variants: modality → K: each training utterance of that modality gets one of K fixed
         augmentations (noise segment, SNR, time mask), variant ``epoch mod K`` in epoch ``epoch``, instead of
         a new one every epoch (``{audio: 4}``). Its inputs then recur, so a frozen encoder reading them is
@@ -68,6 +71,7 @@ class DataConfig:
     train_snrs: list[float | None] = field(default_factory=lambda: list(PAPER_TRAIN_SNRS))
     train_augment: list[str] = field(default_factory=lambda: ["audio", "video"])
     modality_dropout: dict[str, float] = field(default_factory=dict)
+    train_time_masks: list[str] = field(default_factory=lambda: ["audio", "video"])
     augment_variants: dict[str, int] = field(default_factory=dict)
     blank_modalities: list[str] = field(default_factory=list)
     decode_snr_target: float | None = None
@@ -93,6 +97,7 @@ class DataConfig:
         for what, mods in (
             ("modality_dropout", self.modality_dropout),
             ("augment_variants", self.augment_variants),
+            ("train_time_masks", self.train_time_masks),
             ("blank_modalities", self.blank_modalities),
         ):
             if set(mods) - {"audio", "video"}:

@@ -11,6 +11,7 @@ video, train           uint8 (T, H, W) → [0, 1] → random crop 88 → adaptiv
 video, eval            same with a centre crop and no time mask
 audio, train           (T,) → adaptive time mask (6400 per 16000 samples) → noise at an SNR from
                        ``train_snrs``
+(time masks: for the modalities in ``train_time_masks``, all by default)
 audio, eval            (T,) → noise at ``decode_snr_target`` (when set; from the evaluation noise track,
                        not the training one)
 =====================  ==================================================================================
@@ -137,10 +138,10 @@ class Pipeline:
         return "Pipeline(" + ", ".join(repr(s) for s in self.steps) + ")"
 
 
-def video_pipeline(train: bool) -> Pipeline:
-    """uint8 (T, H, W) gray → float32 (T, 1, 88, 88) normalised."""
+def video_pipeline(train: bool, time_mask: bool = True) -> Pipeline:
+    """uint8 (T, H, W) gray → float32 (T, 1, 88, 88) normalised. ``time_mask``: in training."""
     steps: list[Step] = [ToUnitRange(), Crop(CROP_SIZE, random=train)]
-    if train:
+    if train and time_mask:
         steps.append(AdaptiveTimeMask(*VIDEO_MASK))
     return Pipeline([*steps, Normalize(VIDEO_MEAN, VIDEO_STD), AddChannel()])
 
@@ -149,10 +150,12 @@ def audio_pipeline(
     train: bool,
     noise: NoiseSource | None,
     snrs: Sequence[float | None] = (),
+    time_mask: bool = True,
 ) -> Pipeline:
-    """float32 (T,) 16 kHz → (T,).  Noise is added when ``noise`` is given and ``snrs`` is non-empty."""
+    """float32 (T,) 16 kHz → (T,).  Noise is added when ``noise`` is given and ``snrs`` is non-empty;
+    ``time_mask``: in training."""
     steps: list[Step] = []
-    if train:
+    if train and time_mask:
         steps.append(AdaptiveTimeMask(*AUDIO_MASK))
     if noise is not None and snrs and any(s is not None for s in snrs):
         steps.append(AddNoise(noise, snrs))
@@ -171,8 +174,9 @@ def build_pipeline(split: str, modality: str, cfg: DataConfig, noise: NoiseSourc
         raise ValueError(f"unknown split {split!r}")
     # a modality left out of `train_augment` trains on the clean evaluation pipeline
     train = split == "train" and modality in cfg.train_augment
+    mask = modality in cfg.train_time_masks
     if modality == "video":
-        return video_pipeline(train)
+        return video_pipeline(train, mask)
     if modality != "audio":
         raise ValueError(f"unknown modality {modality!r}")
     snrs: list[float | None] = (
@@ -180,7 +184,7 @@ def build_pipeline(split: str, modality: str, cfg: DataConfig, noise: NoiseSourc
     )
     if noise is None:
         noise = NoiseSource(*cfg.noise_for(split))
-    return audio_pipeline(train, noise, snrs)
+    return audio_pipeline(train, noise, snrs, mask)
 
 
 def build_transforms(split: str, modalities: Sequence[str], cfg: DataConfig) -> dict[str, Pipeline]:
