@@ -443,6 +443,42 @@ def test_ctc_head_learns_separable_features_and_depends_only_on_its_generator():
     assert right >= 40, right
 
 
+@pytest.mark.parametrize("size", [None, 6])
+def test_encoder_warmup_batch_size_sets_the_batches_of_the_encoder_warmup(corpus, tmp_path, size):
+    """``train.encoder_warmup_batch_size``: the trainable encoder's warm-up reads batches of up to that
+    many utterances (12 training utterances: 2 batches an epoch at 6), its frame budget grown to match;
+    unset, the training batches (data.max_batch_size 2 here)."""
+    from llama_avsr.models.avsr import AVSRModel
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    exp = encoder_rate_exp(
+        corpus,
+        tmp_path,
+        "train.ctc_warmup_streams={audio: 0, video: 2}",
+        "train.ctc_warmup_epochs=1",
+        "data.max_batch_size=2",
+        "data.max_frames=400",
+        f"train.encoder_warmup_batch_size={'null' if size is None else size}",
+    )
+    model = AVSRLightning(exp).model
+    sizes: list[int] = []
+    plain = AVSRModel.encoder_features
+
+    def spy(self, name, batch):
+        if name == "video" and torch.is_grad_enabled():  # the warm-up's training steps
+            sizes.append(len(batch))
+        return plain(self, name, batch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AVSRModel, "encoder_features", spy)
+        ctc_warmup(model, exp)
+    assert sum(sizes) == 2 * 12
+    assert max(sizes) == (2 if size is None else 6)
+    with pytest.raises(ValueError, match="encoder_warmup_batch_size"):
+        encoder_rate_exp(corpus, tmp_path, "train.encoder_warmup_batch_size=0")
+
+
 def aligner_exp(corpus: Path, tmp_path: Path, *extra: str):
     return encoder_rate_exp(
         corpus,

@@ -84,6 +84,11 @@ class TrainConfig:
         many epochs with a CTC loss against the LLM's own embeddings of the transcript tokens
         (``training/warmup.py``; seconds on a CPU). 0 (the paper): the projectors start random.
     ctc_warmup_lr / ctc_warmup_batch_size: its AdamW learning rate (linear decay to 0) and batch size.
+    encoder_warmup_batch_size: utterances per batch in the warm-up of a trainable encoder (the frame
+        budget ``data.max_frames`` grows by the same factor over ``data.max_batch_size``); ``None``: the
+        training batches. Larger batches pass more utterances a second through a CPU, but an epoch has
+        fewer optimiser steps: at 16 instead of 4, with the same epochs and learning rate, the demo's lip
+        encoder learnt far less (docs/results.md, issue 14, sixth round).
     ctc_warmup_streams: the streams to warm up (default: every stream whose encoder is frozen), or a
         mapping stream → epochs. A stream whose encoder trains (e.g. AV-HuBERT from scratch) is warmed
         up only when named here: its encoder then learns with the projector (much costlier per epoch).
@@ -160,6 +165,7 @@ class TrainConfig:
     ctc_warmup_epochs: float = 0.0
     ctc_warmup_lr: float = 2e-3
     ctc_warmup_batch_size: int = 16
+    encoder_warmup_batch_size: int | None = None
     ctc_warmup_streams: list[str] | dict[str, float] | None = None
     ctc_warmup_rate: str = "stream"
     warmup_teachers: dict[str, str] | None = None
@@ -233,6 +239,8 @@ class TrainConfig:
                     "train.llm_quantization works with one GPU or ddp, not with sharded strategies "
                     f"({self.strategy}): shard the bf16 LLM instead, or quantise on each GPU with ddp"
                 )
+        if self.encoder_warmup_batch_size is not None and self.encoder_warmup_batch_size < 1:
+            raise ValueError("train.encoder_warmup_batch_size must be >= 1 or null")
         if self.ctc_warmup_epochs < 0 or self.ctc_warmup_batch_size < 1:
             raise ValueError("train.ctc_warmup_epochs must be >= 0 and train.ctc_warmup_batch_size >= 1")
         if isinstance(self.ctc_warmup_streams, dict) and any(

@@ -76,16 +76,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def task_config(
     base: dict[str, Any], task: str, out: Path, minutes: float, overrides: list[str], noisy: bool = False
 ) -> Any:
-    """The demo config cut down to ``task``'s streams. ``noisy``: augment the audio (babble noise at the
-    recipe's ``data.train_snrs``) and the video in training even if the recipe does not (``--full``, which
-    compares the modalities in noise; demo/avsr already does); the frozen-encoder feature cache then holds
-    nothing for audio, since every noisy input differs."""
+    """The demo config cut down to ``task``'s streams. ``noisy``: augment the audio in training (babble
+    noise at the recipe's ``data.train_snrs``) even if the recipe does not (``--full``, which compares the
+    modalities in noise; demo/avsr already does, in ``data.augment_variants`` fixed variants per utterance
+    so that the frozen audio encoder's features are cached). The video's augmentation stays the recipe's."""
     from llama_avsr.config import TASKS, apply_overrides
     from llama_avsr.experiment import ExperimentConfig
 
     d = copy.deepcopy(base)
     if noisy:
-        d["data"]["train_augment"] = sorted({*d["data"].get("train_augment", []), "audio", "video"})
+        d["data"]["train_augment"] = sorted({*d["data"].get("train_augment", []), "audio"})
     # the streams that read only the task's modalities (config.TASKS: modalities are data)
     streams = d["model"]["streams"]
     keep = [k for k, s in streams.items() if set(s["inputs"]) <= set(TASKS[task])]

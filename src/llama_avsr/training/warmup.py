@@ -821,6 +821,10 @@ def _warm_trained_stream(
         data = dataclasses.replace(
             data, train_augment=[m for m in data.train_augment if m not in teacher_mods]
         )
+    if encoder_rate and t.encoder_warmup_batch_size is not None:
+        bs = t.encoder_warmup_batch_size
+        grow = bs / data.max_batch_size if data.max_batch_size else 1.0
+        data = dataclasses.replace(data, max_batch_size=bs, max_frames=max(1, round(data.max_frames * grow)))
     utterances = load_split(data, "train")
     epochs = stream_epochs(t, name)
     # one loader, a new shuffle each epoch through its sampler (as Lightning does in training)
