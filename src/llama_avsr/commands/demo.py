@@ -27,7 +27,7 @@ HELP = "synthesise a corpus, train AVSR with the embedded real models, evaluate,
 DESCRIPTION = __doc__
 EXAMPLES = """\
 llama-avsr demo                       # ≈18 minutes on 2 CPU cores (measured 2026-12-01), results in demo_out/
-llama-avsr demo --full -o demo_full   # ASR, VSR and AVSR with babble noise, compared over SNRs (≈55 min)
+llama-avsr demo --full -o demo_full   # ASR, VSR and AVSR with babble noise, compared over SNRs (about an hour)
 llama-avsr demo --minutes 3 train.lr=2e-3
 """
 
@@ -49,9 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--minutes",
         type=float,
         default=None,
-        help="training budget per model in minutes, after a CTC warm-up of about a minute "
-        "(default: the recipe's train.max_minutes, 9 for demo/avsr; 15 with --full: 3 models, ≈55 minutes "
-        "in all on 2 cores)",
+        help="training budget per model in minutes, after the CTC warm-ups (about 7.5 minutes for "
+        "demo/avsr on 2 cores) (default: the recipe's train.max_minutes, 9 for demo/avsr; 15 with --full: "
+        "3 models, not yet timed with the 2026-12-02 recipe)",
     )
     p.add_argument("--train", type=int, default=1200, help="training utterances to synthesise")
     p.add_argument(

@@ -26,7 +26,8 @@ the dtype the encoder produced (LRS3's 433 h with Whisper-medium in bf16 is ~160
 
 Augmentation makes a modality's features different every epoch, hence uncacheable: with
 ``train.feature_cache`` the training run caches only encoders whose inputs are not augmented — switch a
-modality's training augmentation off with ``data.train_augment`` (see :func:`cache_for_training`).
+modality's training augmentation off with ``data.train_augment``, or draw it from K fixed variants per
+utterance with ``data.augment_variants`` (K entries per utterance; see :func:`cache_for_training`).
 """
 
 from __future__ import annotations
