@@ -424,16 +424,16 @@ def test_augment_variants_repeat_a_modality_every_k_epochs_and_leave_the_others_
         assert not torch.equal(e0["audio"], clean[i]["audio"])  # noisy, not clean
         assert not torch.equal(e0["video"], e2["video"])  # a fresh crop and time mask
     # through the loader, with workers: the same per-item variant as the dataset gives
-    by_id = {
-        i: x.inputs["audio"][k, : int(x.lengths["audio"][k])]
-        for w in (0, 2)
-        for x in build_dataloader(
+    for w in (0, 2):
+        loader = build_dataloader(
             utterances, dataclasses.replace(cfg, num_workers=w), collator, "train", epoch=2
         )
-        for k, i in enumerate(x.ids)
-    }
-    for i, u in enumerate(utterances):
-        assert torch.equal(by_id[u.id], ds[(0, i)]["audio"])
+        by_id = {
+            i: x.inputs["audio"][k, : int(x.lengths["audio"][k])] for x in loader for k, i in enumerate(x.ids)
+        }
+        assert len(by_id) == len(utterances)
+        for i, u in enumerate(utterances):
+            assert torch.equal(by_id[u.id], ds[(0, i)]["audio"]), (w, u.id)
     # a plain index draws one of the variants
     plain = ds[0]["audio"]
     assert torch.equal(plain, ds[(0, 0)]["audio"]) or torch.equal(plain, ds[(1, 0)]["audio"])

@@ -477,6 +477,21 @@ def test_encoder_warmup_batch_size_sets_the_batches_of_the_encoder_warmup(corpus
     assert max(sizes) == (2 if size is None else 6)
     with pytest.raises(ValueError, match="encoder_warmup_batch_size"):
         encoder_rate_exp(corpus, tmp_path, "train.encoder_warmup_batch_size=0")
+    with pytest.raises(ValueError, match="encoder_warmup_batch_size needs train.ctc_warmup_rate"):
+        encoder_rate_exp(
+            corpus, tmp_path, "train.encoder_warmup_batch_size=4", "train.ctc_warmup_rate=stream"
+        )
+
+
+def test_teacher_warmup_with_noisy_audio_variants_hears_the_teacher_clean(corpus, tmp_path):
+    """A recipe whose audio is augmented in fixed variants (as the demo's) can still use the audio as a
+    feature teacher: the teacher's modality is read clean in the warm-up, its variants dropped with it."""
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    exp = teacher_exp(corpus, tmp_path, "data.train_augment=[audio]", "data.augment_variants={audio: 2}")
+    report = ctc_warmup(AVSRLightning(exp).model, exp)
+    assert "video.teacher" in report.first_loss
 
 
 def aligner_exp(corpus: Path, tmp_path: Path, *extra: str):

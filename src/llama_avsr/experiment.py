@@ -78,15 +78,17 @@ class TrainConfig:
     eval_at_end: after training, evaluate the final model on ``data.test_csv`` (table printed, results
         beside the model).
     feature_cache: ``memory`` or a folder: compute the features of frozen encoders once and reuse them
-        in later epochs (only for modalities left out of ``data.train_augment``; see
-        ``models/feature_cache.py``). ``None``: encode every step.
+        in later epochs (only for modalities left out of ``data.train_augment`` or augmented in
+        ``data.augment_variants`` fixed variants; see ``models/feature_cache.py``). ``None``: encode every
+        step.
     ctc_warmup_epochs: before the LLM trains, fit the projectors of frozen-encoder streams for this
         many epochs with a CTC loss against the LLM's own embeddings of the transcript tokens
         (``training/warmup.py``; seconds on a CPU). 0 (the paper): the projectors start random.
     ctc_warmup_lr / ctc_warmup_batch_size: its AdamW learning rate (linear decay to 0) and batch size.
-    encoder_warmup_batch_size: utterances per batch in the warm-up of a trainable encoder (the frame
-        budget ``data.max_frames`` grows by the same factor over ``data.max_batch_size``); ``None``: the
-        training batches. Larger batches pass more utterances a second through a CPU, but an epoch has
+    encoder_warmup_batch_size: utterances per batch in the encoder-rate warm-up of a trainable encoder
+        (``ctc_warmup_rate: encoder``); the frame budget ``data.max_frames`` grows by the same factor over
+        ``data.max_batch_size`` (with no ``max_batch_size``, the budget stays and batches are capped at
+        this many); ``None``: the training batches. Larger batches pass more utterances a second through a CPU, but an epoch has
         fewer optimiser steps: at 16 instead of 4, with the same epochs and learning rate, the demo's lip
         encoder learnt far less (docs/results.md, issue 14, sixth round).
     ctc_warmup_streams: the streams to warm up (default: every stream whose encoder is frozen), or a
@@ -251,6 +253,8 @@ class TrainConfig:
             raise ValueError(
                 f"train.ctc_warmup_rate must be 'stream' or 'encoder', got {self.ctc_warmup_rate!r}"
             )
+        if self.encoder_warmup_batch_size is not None and self.ctc_warmup_rate != "encoder":
+            raise ValueError("train.encoder_warmup_batch_size needs train.ctc_warmup_rate: encoder")
         if self.warmup_teachers and self.ctc_warmup_rate != "encoder":
             raise ValueError("train.warmup_teachers needs train.ctc_warmup_rate: encoder")
         if self.warmup_teacher_weight < 0:

@@ -117,7 +117,8 @@ class DataConfig:
         if idle:
             raise ValueError(
                 f"data.augment_variants: {'/'.join(idle)} is not augmented in training (data.train_augment="
-                f"{self.train_augment}): there is nothing to vary"
+                f"{self.train_augment}): there is nothing to vary (drop it from data.augment_variants, e.g. "
+                "data.augment_variants={})"
             )
 
     def noise_for(self, split: str) -> tuple[str | None, str]:

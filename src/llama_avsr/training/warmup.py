@@ -819,7 +819,9 @@ def _warm_trained_stream(
     data = _data(exp)
     if teacher_name is not None:  # the teacher hears clean audio (and its features come from the cache)
         data = dataclasses.replace(
-            data, train_augment=[m for m in data.train_augment if m not in teacher_mods]
+            data,
+            train_augment=[m for m in data.train_augment if m not in teacher_mods],
+            augment_variants={m: k for m, k in data.augment_variants.items() if m not in teacher_mods},
         )
     if encoder_rate and t.encoder_warmup_batch_size is not None:
         bs = t.encoder_warmup_batch_size
