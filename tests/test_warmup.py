@@ -554,3 +554,47 @@ def test_aligner_settings_are_checked(corpus, tmp_path):
     exp = aligner_exp(corpus, tmp_path, "train.warmup_aligners={video: video}")
     with pytest.raises(ValueError, match="teacher must be another stream"):
         ctc_warmup(AVSRLightning(exp).model, exp)
+
+
+def test_warmup_reports_the_token_error_on_validation_utterances_too(corpus, tmp_path):
+    """With ``data.val_csv`` the report (and ``ctc_warmup.json``) gives each fit's greedy token error on the
+    validation utterances as well as on the training ones: the frozen stream's projector, the trainable
+    encoder at its own rate and its projector."""
+    exp = encoder_rate_exp(
+        corpus,
+        tmp_path,
+        "data.val_csv=synth_val.csv",
+        "train.ctc_warmup_streams={audio: 2, video: 2}",
+        "train.ctc_warmup_epochs=2",
+    )
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    torch.manual_seed(0)
+    report = ctc_warmup(AVSRLightning(exp).model, exp)
+    assert set(report.val_token_error_rate) == {"audio", "video.encoder", "video"}
+    assert all(0.0 <= v <= 1.0 for v in report.val_token_error_rate.values())
+    # without validation labels only the training figure exists
+    exp = encoder_rate_exp(
+        corpus, tmp_path, "train.ctc_warmup_streams={audio: 2}", "train.ctc_warmup_epochs=2"
+    )
+    report = ctc_warmup(AVSRLightning(exp).model, exp)
+    assert report.val_token_error_rate == {} and set(report.token_error_rate) == {"audio"}
+
+
+def test_token_error_counts_a_token_no_training_transcript_has_as_an_error():
+    """A validation transcript may hold a token outside the warm-up's classes: it cannot be predicted, so
+    it is an error (a substitution or a deletion), never an index error or a silent match."""
+    from llama_avsr.training.warmup import _token_error_rate
+
+    index = torch.zeros(10, dtype=torch.long)
+    index[torch.tensor([4, 7])] = torch.tensor([1, 2])  # training tokens 4 and 7 → classes 1 and 2
+
+    def logits(path: list[int]):
+        return lambda x: torch.nn.functional.one_hot(torch.tensor(path), 3).float()
+
+    feats = [torch.zeros(4, 2)]
+    assert _token_error_rate(logits([1, 0, 2, 0]), feats, [torch.tensor([4, 7])], [0], index) == 0.0
+    # token 12 is past the table, token 5 inside it but never in training: 2 of 4 wrong
+    rate = _token_error_rate(logits([1, 0, 2, 0]), feats, [torch.tensor([4, 12, 7, 5])], [0], index)
+    assert rate == pytest.approx(0.5)

@@ -73,7 +73,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class WarmupReport:
     """What the warm-up did: per stream the CTC loss of the first and last epoch and the greedy token
-    error rate on the training utterances at the end."""
+    error rate at the end, on (up to 200) training utterances and on the validation utterances
+    (``data.val_csv``; empty when it is not set): far apart, the stream memorises the training
+    sentences rather than reading them."""
 
     streams: list[str]
     utterances: int
@@ -83,6 +85,7 @@ class WarmupReport:
     first_loss: dict[str, float] = field(default_factory=dict)
     last_loss: dict[str, float] = field(default_factory=dict)
     token_error_rate: dict[str, float] = field(default_factory=dict)
+    val_token_error_rate: dict[str, float] = field(default_factory=dict)
 
 
 def warmup_streams(model: AVSRModel, names: list[str] | None) -> list[str]:
@@ -120,20 +123,21 @@ def _collect(
     streams: list[str],
     rates: dict[str, int] | None = None,
     ids: list[str] | None = None,
+    split: str = "train",
 ) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]]:
     """Compressed encoder features per stream (at ``rates``, default each stream's ``ratio``) and
-    transcript token ids, per training utterance (clean inputs: the evaluation transforms); the
+    transcript token ids, per utterance of ``split`` (clean inputs: the evaluation transforms); the
     utterances' ids are appended to ``ids`` when given."""
     rates = rates or {}
 
     if not streams:  # only the transcripts' tokens are needed (tokenised as the collator does)
-        texts = [u.text for u in load_split(_data(exp), "train")]
+        texts = [u.text for u in load_split(_data(exp), split)]
         ids = model.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return {}, [torch.tensor(i, dtype=torch.long) for i in ids]
     mods = sorted({m for n in streams for m in model.cfg.streams[n].inputs})
     collator = Collator(model.tokenizer, mods)
     loader = build_dataloader(
-        load_split(_data(exp), "train"),
+        load_split(_data(exp), split),
         _data(exp),
         collator,
         "val",  # no augmentation, no shuffling
@@ -219,8 +223,10 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
     unit = F.normalize(emb, dim=-1)
     gen = torch.Generator().manual_seed(t.seed)
     report = WarmupReport(streams, len(keep), skipped, {n: stream_epochs(t, n) for n in streams}, 0.0)
+    val = _val_features(model, exp, frozen) if frozen else None
     for name in frozen:
-        _fit_projector(model, t, name, feats[name], targets, keep, index, unit, radius, gen, report)
+        v = (val[0][name], val[1]) if val is not None else None
+        _fit_projector(model, t, name, feats[name], targets, keep, index, unit, radius, gen, report, val=v)
     for name in trained:
         if t.ctc_warmup_rate == "encoder":
             aligner = _Aligner.build(model, exp, name, index, gen, report)
@@ -253,6 +259,7 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
                 epochs,
                 teacher_tokens=tokens,
                 aligned=labels,
+                val=_stream_val(model, exp, name),
             )
         else:
             _warm_trained_stream(model, exp, name, index, unit, radius, report)
@@ -272,7 +279,10 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
             epochs = (
                 stream_epochs(t, name) if name in frozen else (t.ctc_warmup_epochs or stream_epochs(t, name))
             )
-            _fit_projector(model, t, name, f[name], y, ok, index, unit, radius, gen, report, epochs, rate=k)
+            v = _stream_val(model, exp, name, {name: k})
+            _fit_projector(
+                model, t, name, f[name], y, ok, index, unit, radius, gen, report, epochs, rate=k, val=v
+            )
     report.seconds = time.time() - start
     return report
 
@@ -293,6 +303,7 @@ def _fit_projector(
     rate: int | None = None,
     teacher_tokens: list[torch.Tensor] | None = None,
     aligned: list[torch.Tensor] | None = None,
+    val: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> None:
     """Fit stream ``name``'s projector (at compression ``rate``; default: its ``ratio``) alone on fixed
     features (``keep`` selects the utterances), then scale it to the embeddings' norm and report (under
@@ -301,7 +312,8 @@ def _fit_projector(
     cosine distance, weighted by ``train.warmup_token_teacher_weight``, reported under ``<name>.tokens``).
     ``aligned``: per utterance, the class of each output frame from :class:`_Aligner` (0: no token; -1:
     none known): cross-entropy of the CTC logits on them besides CTC (``train.warmup_aligner_weight``,
-    reported under ``<name>.aligned``)."""
+    reported under ``<name>.aligned``). ``val``: validation features and transcripts, for the token error
+    rate on them."""
     bs = t.ctc_warmup_batch_size
     per_epoch = math.ceil(len(keep) / bs)
     total = max(1, round((stream_epochs(t, name) if epochs is None else epochs) * per_epoch))
@@ -344,7 +356,7 @@ def _fit_projector(
             report.first_loss[key],
             report.last_loss[key],
         )
-    fit.finish(label, "projector", per_epoch, proj, feats, targets, keep, index, report)
+    fit.finish(label, "projector", per_epoch, proj, feats, targets, keep, index, report, val)
 
 
 def _token_teacher(model: AVSRModel, t: Any, name: str) -> str | None:
@@ -509,8 +521,10 @@ class _Fit:
         keep: list[int],
         index: torch.Tensor,
         report: WarmupReport,
+        val: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> None:
-        """Losses of the first and last epoch and the greedy token error rate into ``report``; log them."""
+        """Losses of the first and last epoch and the greedy token error rate into ``report``, on the
+        training utterances ``keep`` and on ``val`` (features, transcripts) when given; log them."""
         self.bar.close()
         n = min(per_epoch, len(self.losses)) or 1
         report.first_loss[name] = sum(self.losses[:n]) / n
@@ -519,15 +533,25 @@ class _Fit:
             report.token_error_rate[name] = _token_error_rate(
                 lambda x: self.logits(proj, x), feats, targets, keep, index
             )
+            on_val = ""
+            if val is not None:
+                vf, vy = val
+                ok = [i for i, y in enumerate(vy) if len(y)]
+                if ok:
+                    report.val_token_error_rate[name] = _token_error_rate(
+                        lambda x: self.logits(proj, x), vf, vy, ok, index
+                    )
+                    on_val = f", {100 * report.val_token_error_rate[name]:.1f} % on validation utterances"
         log.info(
             "CTC warm-up of the %s %s: %d steps, loss %.3f → %.3f, greedy token error rate %.1f %% "
-            "(training utterances)",
+            "(training utterances)%s",
             name,
             what,
             self.total,
             report.first_loss[name],
             report.last_loss[name],
             100 * report.token_error_rate[name],
+            on_val,
         )
 
 
@@ -867,6 +891,8 @@ def _warm_trained_stream(
     eos = collator.eos_id
     feats: list[torch.Tensor] = []  # clean features and transcripts of a few utterances, at the end
     targets: list[torch.Tensor] = []
+    val_feats: list[torch.Tensor] = []  # the same on the validation utterances
+    val_targets: list[torch.Tensor] = []
     was_training = model.training
     model.train()
     try:
@@ -902,10 +928,24 @@ def _warm_trained_stream(
                 for i in range(len(batch)):
                     feats.append(f[i, : int(lens[i])].float().cpu())
                     targets.append(_targets(batch.target_ids[i], eos).cpu())
+            if data.val_csv is not None:
+                check = build_dataloader(
+                    load_split(data, "val")[:200], data, collator, "val", modalities=mods
+                )
+                for batch in check:
+                    if not len(batch):
+                        continue
+                    batch = batch.to(model.device)
+                    with autocast:
+                        f, lens = features(batch)
+                    for i in range(len(batch)):
+                        val_feats.append(f[i, : int(lens[i])].float().cpu())
+                        val_targets.append(_targets(batch.target_ids[i], eos).cpu())
     finally:
         fit.bar.close()
         model.train(was_training)
     keep = list(range(len(feats)))
+    val = (val_feats, val_targets) if val_feats else None
     if encoder_rate:
         key = f"{name}.encoder.aligned"
         if fit.report_extra(report, key, "aligned", per_epoch, t.warmup_aligner_weight):
@@ -925,10 +965,10 @@ def _warm_trained_stream(
                 report.first_loss[key],
                 report.last_loss[key],
             )
-        fit.finish(f"{name}.encoder", "encoder", per_epoch, proj, feats, targets, keep, index, report)
+        fit.finish(f"{name}.encoder", "encoder", per_epoch, proj, feats, targets, keep, index, report, val)
         return
     _match_norm(proj, feats, keep, radius)
-    fit.finish(name, "encoder and projector", per_epoch, proj, feats, targets, keep, index, report)
+    fit.finish(name, "encoder and projector", per_epoch, proj, feats, targets, keep, index, report, val)
 
 
 @torch.no_grad()
@@ -955,10 +995,31 @@ def _token_error_rate(
     limit: int = 200,
 ) -> float:
     """Greedy CTC token error rate of ``logits`` (features (T, D) → (T, 1 + V)) on (up to ``limit``)
-    training utterances."""
+    utterances ``keep``."""
     total = ErrorCounts()
     for i in keep[:limit]:
         hyp = [str(c) for c in _greedy(logits(feats[i]))]
-        ref = [str(int(c)) for c in index[targets[i]]]
+        # a validation transcript may hold tokens no training transcript has: no class, always an error
+        ref = [
+            str(int(index[c])) if c < len(index) and int(index[c]) else f"unseen:{c}"
+            for c in targets[i].tolist()
+        ]
         total = total + align_counts(ref, hyp)
     return total.rate
+
+
+def _stream_val(
+    model: AVSRModel, exp: Any, name: str, rates: dict[str, int] | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """Stream ``name``'s validation features and transcripts (``None`` without ``data.val_csv``)."""
+    val = _val_features(model, exp, [name], rates)
+    return None if val is None else (val[0][name], val[1])
+
+
+def _val_features(
+    model: AVSRModel, exp: Any, streams: list[str], rates: dict[str, int] | None = None
+) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor]] | None:
+    """:func:`_collect` on the validation split (``None`` when ``data.val_csv`` is not set)."""
+    if exp.data.val_csv is None:
+        return None
+    return _collect(model, exp, streams, rates, split="val")
