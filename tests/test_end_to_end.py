@@ -312,6 +312,24 @@ def test_resumed_sampler_yields_the_rest_of_the_epoch(corpus, tmp_path):
     assert resumed == full[2:]
 
 
+def test_validation_decodes_in_batches_of_decode_batch_size(corpus, tmp_path):
+    """Validation batches hold up to ``decode.batch_size`` utterances whatever the training frame budget
+    (what `llama-avsr eval` does): greedy decoding in batches of a handful is several times slower.
+    Training batches keep the frame budget."""
+    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.training.module import AVSRData, AVSRLightning
+
+    exp = ExperimentConfig.load(
+        TINY,
+        common(corpus, tmp_path) + ["data.max_frames=80", "data.max_batch_size=1", "decode.batch_size=3"],
+    )
+    data = AVSRData(exp, AVSRLightning(exp))
+    val = [len(b) for b in data.val_dataloader().batch_sampler]
+    n_val = len(data.val_dataloader().dataset)
+    assert max(val) == min(3, n_val) and sum(val) == n_val
+    assert {len(b) for b in data.train_dataloader().batch_sampler} == {1}
+
+
 def test_final_model_is_the_average_of_the_last_checkpoints(corpus, tmp_path):
     from llama_avsr.training.run import average_checkpoints, checkpoints_in_order
 

@@ -19,6 +19,7 @@ Distributed semantics (any strategy, any number of processes R, gradient accumul
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -38,6 +39,7 @@ from llama_avsr.data.dataset import build_dataloader, load_split
 from llama_avsr.decoding.options import DecodingOptions
 from llama_avsr.decoding.search import generate
 from llama_avsr.evaluation.metrics import ErrorCounts, word_errors
+from llama_avsr.evaluation.run import DECODE_MAX_FRAMES
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.training.config import ExperimentConfig
 from llama_avsr.training.distributed import clean_name, trainable_keys
@@ -415,9 +417,17 @@ class AVSRData(L.LightningDataModule):
 
     def _loader(self, split: str, epoch: int | None = None) -> DataLoader:
         t = self.trainer
+        data = self.exp.data
+        if split != "train":
+            # validation decodes: batches of decode.batch_size utterances of similar length, as
+            # `llama-avsr eval` makes them (no gradients are kept, so the training frame budget does not
+            # apply); batches of a handful of utterances make greedy decoding several times slower
+            data = dataclasses.replace(
+                data, max_batch_size=self.exp.decode.batch_size, max_frames=DECODE_MAX_FRAMES
+            )
         return build_dataloader(
-            load_split(self.exp.data, split),
-            self.exp.data,
+            load_split(data, split),
+            data,
             self.collator,
             split,
             modalities=self.modalities,
