@@ -917,8 +917,9 @@ def _warm_trained_stream(
                 fit.step(proj, f, lens.cpu(), ys, extra_loss)
         # the norm and the error rate on clean inputs, encoder in eval mode
         model.eval()
-        check = build_dataloader(utterances[:200], data, collator, "val", modalities=mods)
-        with torch.no_grad():
+
+        def encode_clean(utts: list[Any], fs: list[torch.Tensor], ys: list[torch.Tensor]) -> None:
+            check = build_dataloader(utts, data, collator, "val", modalities=mods)
             for batch in check:
                 if not len(batch):
                     continue
@@ -926,21 +927,13 @@ def _warm_trained_stream(
                 with autocast:
                     f, lens = features(batch)
                 for i in range(len(batch)):
-                    feats.append(f[i, : int(lens[i])].float().cpu())
-                    targets.append(_targets(batch.target_ids[i], eos).cpu())
+                    fs.append(f[i, : int(lens[i])].float().cpu())
+                    ys.append(_targets(batch.target_ids[i], eos).cpu())
+
+        with torch.no_grad():
+            encode_clean(utterances[:200], feats, targets)
             if data.val_csv is not None:
-                check = build_dataloader(
-                    load_split(data, "val")[:200], data, collator, "val", modalities=mods
-                )
-                for batch in check:
-                    if not len(batch):
-                        continue
-                    batch = batch.to(model.device)
-                    with autocast:
-                        f, lens = features(batch)
-                    for i in range(len(batch)):
-                        val_feats.append(f[i, : int(lens[i])].float().cpu())
-                        val_targets.append(_targets(batch.target_ids[i], eos).cpu())
+                encode_clean(load_split(data, "val")[:200], val_feats, val_targets)
     finally:
         fit.bar.close()
         model.train(was_training)
