@@ -510,3 +510,72 @@ def test_time_budgeted_run_stops_on_time_and_ends_at_the_low_learning_rate(corpu
     assert ckpt["train_seconds"] >= 15  # stopped by the budget (15 s of training)
     lr = ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
     assert lr < 0.5e-3, f"the cosine should have decayed over the budget, lr={lr}"
+
+
+def test_blank_first_steps_blanks_the_audio_of_every_utterance_with_video_before_step_n(corpus, tmp_path):
+    """``train.blank_first_steps={audio: 2}``: the LLM's first two steps read the video alone; items whose
+    video the dataset's modality dropout blanked keep their audio (never both blanked); later steps see
+    the dataset's inputs unchanged."""
+    from lightning.pytorch.callbacks import Callback
+
+    from llama_avsr.training.config import ExperimentConfig
+    from llama_avsr.training.run import train
+
+    seen: list[tuple[int, list[tuple[str, ...]], list[bool], list[bool]]] = []
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, item, batch_idx):
+            batch = item[0]
+            silent = [bool((batch.inputs["audio"][i] == 0).all()) for i in range(len(batch))]
+            dark = [bool((batch.inputs["video"][i] == 0).all()) for i in range(len(batch))]
+            seen.append((trainer.global_step - 1, list(batch.blanked), silent, dark))
+
+    exp = ExperimentConfig.load(
+        TINY,
+        common(corpus, tmp_path)
+        + [
+            "train.max_steps=4",
+            "data.max_frames=200",
+            "data.max_batch_size=4",
+            "data.modality_dropout={video: 0.5}",
+            "train.blank_first_steps={audio: 2}",
+            "train.val_every_steps=100",
+            "train.select=last",
+        ],
+    )
+    train(exp, callbacks=[Record()])
+    assert [s for s, *_ in seen] == [0, 1, 2, 3]
+    for step, blanked, silent, dark in seen:
+        for b, s, d in zip(blanked, silent, dark, strict=True):
+            assert not (s and d), "an item lost both inputs"
+            assert s == ("audio" in b) and d == ("video" in b)
+            if step < 2:
+                assert s or d  # every item reads one modality only: the video, unless it was dropped
+            else:
+                assert not s  # audio blanked only by the dataset, whose dropout here is video-only
+    early = [d for step, _, _, dark in seen if step < 2 for d in dark]
+    assert not all(early)  # with dropout 0.5 on video, some items read the video during the curriculum
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.blank_first_steps={audio: 2, video: 3}", "one modality at most"),
+        ("train.blank_first_steps={audio: -1}", "integers >= 0"),
+        ("train.blank_first_steps={depth: 5}", "not one of several modalities"),
+    ],
+)
+def test_blank_first_steps_refuses_what_cannot_work(override, message):
+    from llama_avsr.config import ConfigError
+    from llama_avsr.training.config import ExperimentConfig
+
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.load(TINY, [override])
+
+
+def test_blank_first_steps_needs_two_modalities():
+    from llama_avsr.config import ConfigError
+    from llama_avsr.training.config import ExperimentConfig
+
+    with pytest.raises(ConfigError, match="not one of several modalities"):
+        ExperimentConfig.load(TINY, [*MODALITIES["audio"], "train.blank_first_steps={audio: 10}"])

@@ -125,6 +125,11 @@ class TrainConfig:
         ASR systems their frame targets; here it gives every video frame a target from the first step
         (``training/warmup.py``). ``None``: off.
     warmup_aligner_weight: the weight of those cross-entropies beside the CTC losses.
+    blank_first_steps: a curriculum for a model with several modalities: a mapping modality → N blanks
+        that modality's input, during the first N optimiser steps, in every training utterance whose
+        other inputs are present (``{audio: 100}``: the LLM first learns to read the warmed-up video
+        tokens alone, then the audio, which it reads far more easily, is added; ``data.modality_dropout``
+        applies throughout). One modality at most; ``None``: off.
     task_sampling: for a multi-task model (``model.tasks``): ``batch`` — one task per batch;
         ``utterance`` — one per utterance; ``all`` — every task on every utterance (Omni-AVSR), weighted
         by ``task_weights`` (``training/objective.py``).
@@ -176,6 +181,7 @@ class TrainConfig:
     warmup_token_teacher_weight: float = 1.0
     warmup_aligners: dict[str, str] | None = None
     warmup_aligner_weight: float = 1.0
+    blank_first_steps: dict[str, int] | None = None
     task_sampling: str = "batch"
     task_weights: dict[str, float] | None = None
     rate_sampling: str = "all"
@@ -267,6 +273,16 @@ class TrainConfig:
             raise ValueError("train.warmup_aligners needs train.ctc_warmup_rate: encoder")
         if self.warmup_aligner_weight < 0:
             raise ValueError("train.warmup_aligner_weight must be >= 0")
+        if self.blank_first_steps:
+            if len(self.blank_first_steps) > 1:
+                raise ValueError(
+                    f"train.blank_first_steps: one modality at most (blanking several leaves nothing to "
+                    f"read), got {self.blank_first_steps}"
+                )
+            if any(not isinstance(n, int) or n < 0 for n in self.blank_first_steps.values()):
+                raise ValueError(
+                    f"train.blank_first_steps: steps must be integers >= 0, got {self.blank_first_steps}"
+                )
         if self.feature_cache and self.sharded:
             raise ValueError(
                 f"train.feature_cache does not work with train.strategy={self.strategy}: a sharded encoder "
@@ -305,6 +321,13 @@ class ExperimentConfig:
             if bad or not any(t.task_weights.get(k, 1.0) > 0 for k in m.task_names):
                 raise ValueError(
                     f"train.task_weights: {sorted(bad) or 'all zero'}; the model's tasks are {m.task_names}"
+                )
+        if t.blank_first_steps:
+            bad = set(t.blank_first_steps) - set(m.modalities)
+            if bad or len(m.modalities) < 2:
+                raise ValueError(
+                    f"train.blank_first_steps: {sorted(bad) or sorted(t.blank_first_steps)} is not one of "
+                    f"several modalities; the model reads {m.modalities}"
                 )
         if self.train.select == "best_val_wer":
             if self.data.val_csv is None:

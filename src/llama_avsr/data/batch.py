@@ -6,6 +6,8 @@
   ``lengths["video"]``: (B,) frames (25 fps).
 - ``target_ids``: (B, L) int64 transcript tokens followed by EOS, right-padded with ``PAD_LABEL``;
   ``None`` at inference.
+- ``blanked``: per item, the modalities the dataset blanked (modality dropout, ``data.blank_modalities``);
+  empty when not known.
 
 A *blanked* modality (modality dropout and ``data.blank_modalities`` in the dataset, a subset of a
 model's streams in ``transcribe`` / ``eval`` / the Python API) keeps its shape and lengths, so prompts
@@ -32,6 +34,7 @@ class Batch:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     lengths: dict[str, torch.Tensor] = field(default_factory=dict)
     target_ids: torch.Tensor | None = None
+    blanked: list[tuple[str, ...]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -44,6 +47,7 @@ class Batch:
             inputs={k: mv(v) for k, v in self.inputs.items()},
             lengths={k: mv(v) for k, v in self.lengths.items()},
             target_ids=None if self.target_ids is None else mv(self.target_ids),
+            blanked=self.blanked,
         )
 
     def select(self, rows: list[int]) -> Batch:
@@ -56,6 +60,7 @@ class Batch:
             inputs={k: pick(v) for k, v in self.inputs.items()},
             lengths={k: pick(v) for k, v in self.lengths.items()},
             target_ids=None if self.target_ids is None else pick(self.target_ids),
+            blanked=[self.blanked[i] for i in rows] if self.blanked else [],
         )
 
     def pin_memory(self) -> Batch:
@@ -66,12 +71,24 @@ class Batch:
             inputs={k: v.pin_memory() for k, v in self.inputs.items()},
             lengths={k: v.pin_memory() for k, v in self.lengths.items()},
             target_ids=None if self.target_ids is None else self.target_ids.pin_memory(),
+            blanked=self.blanked,
         )
 
 
 def blank_input(x: torch.Tensor) -> torch.Tensor:
     """A modality's transformed input (one item, or a batch) with the signal removed, same shape."""
     return torch.zeros_like(x)
+
+
+def blank_rows(batch: Batch, modality: str, rows: Sequence[int]) -> Batch:
+    """Blank ``modality`` in these rows of ``batch`` (in place, recorded in ``batch.blanked``)."""
+    if not batch.blanked:
+        batch.blanked = [() for _ in range(len(batch))]
+    for i in rows:
+        batch.inputs[modality][i] = blank_input(batch.inputs[modality][i])
+        if modality not in batch.blanked[i]:
+            batch.blanked[i] = (*batch.blanked[i], modality)
+    return batch
 
 
 def blank_streams(batch: Batch, keep: Sequence[str]) -> Batch:

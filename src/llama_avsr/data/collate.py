@@ -41,7 +41,11 @@ class Collator:
             raise ValueError("the tokenizer has no EOS token; transcripts need one to end")
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> Batch:
-        batch = Batch(ids=[s["id"] for s in samples], texts=[s.get("text", "") for s in samples])
+        batch = Batch(
+            ids=[s["id"] for s in samples],
+            texts=[s.get("text", "") for s in samples],
+            blanked=[tuple(s.get("blanked", ())) for s in samples],
+        )
         for m in self.modalities:
             batch.inputs[m], batch.lengths[m] = pad_stack([s[m] for s in samples])
         if self.with_targets:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from llama_avsr.data.batch import PAD_LABEL, Batch
+from llama_avsr.data.batch import PAD_LABEL, Batch, blank_rows
 from llama_avsr.data.collate import Collator
 from llama_avsr.data.dataset import build_dataloader, load_split
 from llama_avsr.decoding.options import DecodingOptions
@@ -210,6 +210,7 @@ class AVSRLightning(L.LightningModule):
         skipped = getattr(batch, "skipped", None)
         if skipped:
             log.warning("skipped %d unreadable item(s) in this batch: %s", len(skipped), skipped)
+        self._curriculum(batch)
         out = self._loss(batch, batch_idx) if len(batch) else None
         if out is not None and int(out.n_tokens) != target_tokens(batch):
             raise RuntimeError(f"loss over {int(out.n_tokens)} tokens, expected {target_tokens(batch)}")
@@ -239,6 +240,15 @@ class AVSRLightning(L.LightningModule):
         # the token mean over the global window (module docstring); the sink loss is a per-batch mean
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches / max(float(stats[2]), 1.0)
         return out.lm_loss_sum * scale + out.sink_loss
+
+    def _curriculum(self, batch: Batch) -> None:
+        """``train.blank_first_steps``: before step N, blank the modality in every utterance whose other
+        inputs the dataset left present (in place)."""
+        for m, n in (self.exp.train.blank_first_steps or {}).items():
+            if self.global_step >= n or m not in batch.inputs:
+                continue
+            known = batch.blanked or [()] * len(batch)
+            blank_rows(batch, m, [i for i in range(len(batch)) if not set(known[i]) - {m}])
 
     def _loss(self, batch: Batch, batch_idx: int, validation: bool = False):
         """The model's loss; for a multi-task / multi-rate model the objective of
