@@ -515,16 +515,27 @@ def test_time_budgeted_run_stops_on_time_and_ends_at_the_low_learning_rate(corpu
 def test_blank_first_steps_blanks_the_audio_of_every_utterance_with_video_before_step_n(corpus, tmp_path):
     """``train.blank_first_steps={audio: 2}``: the LLM's first two steps read the video alone; items whose
     video the dataset's modality dropout blanked keep their audio (never both blanked); later steps see
-    the dataset's inputs unchanged."""
+    the dataset's inputs unchanged. The audio stream's projector stays as it was while its input is blank
+    (its gradients would come from silence alone), and learns afterwards."""
     from lightning.pytorch.callbacks import Callback
 
     from llama_avsr.training.config import ExperimentConfig
     from llama_avsr.training.run import train
 
     seen: list[tuple[int, list[tuple[str, ...]], list[bool], list[bool]]] = []
+    weights: dict[str, list[torch.Tensor]] = {"audio": [], "video": []}
 
     class Record(Callback):
+        def on_train_start(self, trainer, module):
+            self.on_train_batch_end(trainer, module, None, None, -1)
+
         def on_train_batch_end(self, trainer, module, outputs, item, batch_idx):
+            for k, w in weights.items():
+                w.append(
+                    torch.cat([p.detach().flatten().clone() for p in module.model.projectors[k].parameters()])
+                )
+            if item is None:
+                return
             batch = item[0]
             silent = [bool((batch.inputs["audio"][i] == 0).all()) for i in range(len(batch))]
             dark = [bool((batch.inputs["video"][i] == 0).all()) for i in range(len(batch))]
@@ -555,6 +566,10 @@ def test_blank_first_steps_blanks_the_audio_of_every_utterance_with_video_before
                 assert not s  # audio blanked only by the dataset, whose dropout here is video-only
     early = [d for step, _, _, dark in seen if step < 2 for d in dark]
     assert not all(early)  # with dropout 0.5 on video, some items read the video during the curriculum
+    audio, video = weights["audio"], weights["video"]  # before training, then after each step
+    assert torch.equal(audio[0], audio[1]) and torch.equal(audio[1], audio[2])
+    assert not torch.equal(audio[2], audio[3]) and not torch.equal(audio[3], audio[4])
+    assert all(not torch.equal(a, b) for a, b in zip(video, video[1:], strict=False))
 
 
 @pytest.mark.parametrize(

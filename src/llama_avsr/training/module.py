@@ -241,14 +241,38 @@ class AVSRLightning(L.LightningModule):
         scale = self.trainer.world_size * self.trainer.accumulate_grad_batches / max(float(stats[2]), 1.0)
         return out.lm_loss_sum * scale + out.sink_loss
 
+    def _curriculum_modalities(self) -> list[str]:
+        """The modalities ``train.blank_first_steps`` blanks at this step."""
+        return [m for m, n in (self.exp.train.blank_first_steps or {}).items() if self.global_step < n]
+
     def _curriculum(self, batch: Batch) -> None:
         """``train.blank_first_steps``: before step N, blank the modality in every utterance whose other
         inputs the dataset left present (in place)."""
-        for m, n in (self.exp.train.blank_first_steps or {}).items():
-            if self.global_step >= n or m not in batch.inputs:
+        for m in self._curriculum_modalities():
+            if m not in batch.inputs:
                 continue
             known = batch.blanked or [()] * len(batch)
             blank_rows(batch, m, [i for i in range(len(batch)) if not set(known[i]) - {m}])
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """While ``train.blank_first_steps`` blanks a modality, the streams that read it are not updated:
+        their gradients come from blank inputs only, and AdamW's normalised steps would carry a warmed-up
+        projector far from the LLM's embeddings (measured: clean WER 79 % after 100 such steps of 380)."""
+        blanked = set(self._curriculum_modalities())
+        if not blanked:
+            return
+        streams = self.model.cfg.streams
+        idle = [k for k, st in streams.items() if blanked & set(st.inputs)]
+        # an encoder shared with a stream that still reads its input keeps learning
+        encoders = {streams[k].encoder for k in idle} - {
+            st.encoder for k, st in streams.items() if k not in idle
+        }
+        modules = [self.model.projectors[k] for k in idle] + [
+            self.model.encoders[e] for e in sorted(encoders)
+        ]
+        for module in modules:
+            for p in module.parameters():
+                p.grad = None  # AdamW skips a parameter without a gradient (weight decay included)
 
     def _loss(self, batch: Batch, batch_idx: int, validation: bool = False):
         """The model's loss; for a multi-task / multi-rate model the objective of
