@@ -40,6 +40,24 @@ def test_each_demo_task_warms_up_only_its_streams(tmp_path) -> None:
         assert set(exp.train.ctc_warmup_streams) == streams
 
 
+def test_the_demo_vsr_model_aligns_its_lip_targets_on_the_soundtrack_without_reading_audio(tmp_path) -> None:
+    """The VSR model of ``demo --full`` borrows the AVSR recipe's Whisper to align its frame targets
+    (train.aligner_encoders) and holds no audio encoder; the ASR model has no lip encoder to align."""
+    from llama_avsr.commands.demo import DEMO_CONFIG, task_config
+    from llama_avsr.config import load_yaml
+
+    base = load_yaml(DEMO_CONFIG)
+    vsr = task_config(base, "vsr", tmp_path, 1.0, [])
+    whisper = base["model"]["streams"]["audio"]["encoder"]
+    assert vsr.model.modalities == ["video"] and whisper not in vsr.model.encoders
+    assert vsr.train.warmup_aligners == {"video": whisper}
+    assert vsr.train.aligner_encoders[whisper].source == base["model"]["encoders"][whisper]["source"]
+    asr = task_config(base, "asr", tmp_path, 1.0, [])
+    assert not asr.train.warmup_aligners and not asr.train.aligner_encoders
+    avsr = task_config(base, "avsr", tmp_path, 1.0, [])
+    assert avsr.train.warmup_aligners == {"video": "audio"} and not avsr.train.aligner_encoders
+
+
 def test_noisy_training_mixes_babble_into_part_of_the_audio(tmp_path) -> None:
     """The demo recipe mixes babble into about two thirds of the training utterances at the listed SNRs
     (down to -5 dB), with no time masks, and leaves the rest clean; each utterance's noisy audio is one of

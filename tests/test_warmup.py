@@ -598,3 +598,79 @@ def test_token_error_counts_a_token_no_training_transcript_has_as_an_error():
     # token 12 is past the table, token 5 inside it but never in training: 2 of 4 wrong
     rate = _token_error_rate(logits([1, 0, 2, 0]), feats, [torch.tensor([4, 12, 7, 5])], [0], index)
     assert rate == pytest.approx(0.5)
+
+
+VIDEO_ONLY = [
+    "model.streams={video: {encoder: avhubert, inputs: [video], compression: {kind: stack, ratio: 2}, "
+    "projector: {hidden: 32}, begin_token: '<video>', end_token: '</video>'}}",
+    "model.encoders={avhubert: {kind: avhubert, arch: tiny-avhubert, frozen: false}}",
+]
+ALIGNER = (
+    "train.aligner_encoders={whisper: {kind: whisper, arch: tiny-whisper, options: {pad_to_30s: false}}}"
+)
+
+
+def test_a_video_only_model_aligns_its_lip_targets_with_an_alignment_encoder(corpus, tmp_path):
+    """``train.aligner_encoders``: a model that reads no audio (VSR) still gets frame targets aligned on
+    the soundtrack, by an encoder built for the alignment alone; its labels read each aligned
+    transcript's tokens in order, the encoder and projector learn them, and the model gains no encoder."""
+    from llama_avsr.data.dataset import load_split
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import WarmupReport, _Aligner, _collect, ctc_warmup
+
+    exp = encoder_rate_exp(
+        corpus,
+        tmp_path,
+        *VIDEO_ONLY,
+        ALIGNER,
+        "train.ctc_warmup_streams={video: 8}",
+        "train.ctc_warmup_epochs=20",
+        "train.warmup_aligners={video: whisper}",
+    )
+    torch.manual_seed(0)
+    model = AVSRLightning(exp).model
+    assert list(model.encoders) == ["avhubert"] and exp.model.modalities == ["video"]
+    _, targets = _collect(model, exp, [])
+    vocab = torch.unique(torch.cat(targets))
+    index = torch.zeros(int(vocab.max()) + 1, dtype=torch.long)
+    index[vocab] = torch.arange(1, len(vocab) + 1)
+    report = WarmupReport([], 0, 0, {}, 0.0)
+    aligner = _Aligner.build(model, exp, "video", index, torch.Generator().manual_seed(0), report, epochs=60)
+    ids = [u.id for u in load_split(exp.data, "train")]
+    assert set(aligner.labels) == set(ids) and "video.alignment" in report.token_error_rate
+    aligned = 0
+    for utt, y in zip(ids, targets, strict=False):
+        lab = aligner.labels[utt]
+        if int(lab[0]) < 0:
+            continue
+        aligned += 1
+        runs = [int(v) for k, v in enumerate(lab) if v > 0 and (k == 0 or v != lab[k - 1])]
+        assert runs == [int(v) for k, v in enumerate(index[y]) if k == 0 or v != index[y][k - 1]]
+    assert aligned >= len(targets) // 2
+    n_params = sum(p.numel() for p in model.parameters())
+    report = ctc_warmup(model, exp)
+    for key in ("video.encoder.aligned", "video.aligned"):
+        assert report.last_loss[key] < 0.95 * report.first_loss[key], key
+    assert sum(p.numel() for p in model.parameters()) == n_params
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            ["train.warmup_aligners={video: whisper}", ALIGNER.replace("whisper:", "video:", 1)],
+            "also name streams",
+        ),
+        ([ALIGNER], "not the teacher of any"),
+        (
+            [
+                "train.warmup_aligners={video: whisper}",
+                ALIGNER.replace("arch: tiny-whisper", "arch: tiny-whisper, frozen: false"),
+            ],
+            "must be frozen",
+        ),
+    ],
+)
+def test_alignment_encoder_settings_are_checked(corpus, tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        encoder_rate_exp(corpus, tmp_path, *VIDEO_ONLY, "train.ctc_warmup_streams={video: 1}", *settings)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llama_avsr.config import ConfigError, ModelConfig, from_dict, load_recipe, to_dict
+from llama_avsr.config import ConfigError, EncoderConfig, ModelConfig, from_dict, load_recipe, to_dict
 from llama_avsr.data.config import DataConfig
 from llama_avsr.decoding.options import DecodingOptions
 
@@ -124,7 +124,14 @@ class TrainConfig:
         way, in the cosine logits against the LLM's embeddings. Forced alignment is what gives hybrid
         ASR systems their frame targets; here it gives every video frame a target from the first step
         (``training/warmup.py``). ``None``: off.
+        The teacher may also be one of ``aligner_encoders``: a model without an audio stream (VSR) then
+        gets its frame targets from an audio encoder that serves the alignment alone.
     warmup_aligner_weight: the weight of those cross-entropies beside the CTC losses.
+    aligner_encoders: encoders (name → encoder config, as under ``model.encoders``) built only to align
+        the training transcripts for ``warmup_aligners`` and discarded after it: a VSR model learns its
+        lip encoder from the audio's alignment (the soundtrack of the training videos), as hybrid systems
+        take their frame targets from an acoustic model, and the model directory holds no audio encoder.
+        The encoder reads the modalities it accepts (Whisper: the audio); it must be frozen.
     blank_first_steps: a curriculum for a model with several modalities: a mapping modality → N blanks
         that modality's input, during the first N optimiser steps, in every training utterance whose
         other inputs are present (``{audio: 100}``: the LLM first learns to read the warmed-up video
@@ -181,6 +188,7 @@ class TrainConfig:
     warmup_token_teacher_weight: float = 1.0
     warmup_aligners: dict[str, str] | None = None
     warmup_aligner_weight: float = 1.0
+    aligner_encoders: dict[str, EncoderConfig] | None = None
     blank_first_steps: dict[str, int] | None = None
     task_sampling: str = "batch"
     task_weights: dict[str, float] | None = None
@@ -322,6 +330,20 @@ class ExperimentConfig:
                 raise ValueError(
                     f"train.task_weights: {sorted(bad) or 'all zero'}; the model's tasks are {m.task_names}"
                 )
+        aligners = t.aligner_encoders or {}
+        clash = set(aligners) & set(m.streams)
+        if clash:
+            raise ValueError(
+                f"train.aligner_encoders: {sorted(clash)} also name streams of the model: rename them"
+            )
+        unused = set(aligners) - set((t.warmup_aligners or {}).values())
+        if unused:
+            raise ValueError(
+                f"train.aligner_encoders: {sorted(unused)} are not the teacher of any train.warmup_aligners"
+            )
+        for name, enc in aligners.items():
+            if not enc.frozen:
+                raise ValueError(f"train.aligner_encoders.{name}: an alignment encoder must be frozen")
         if t.blank_first_steps:
             bad = set(t.blank_first_steps) - set(m.modalities)
             if bad or len(m.modalities) < 2:

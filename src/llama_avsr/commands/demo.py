@@ -98,10 +98,27 @@ def task_config(
     warm = d["train"].get("ctc_warmup_streams")
     if isinstance(warm, dict):  # per-stream warm-up epochs: only the streams this task keeps
         d["train"]["ctc_warmup_streams"] = {k: v for k, v in warm.items() if k in keep}
+    aligners = d["train"].get("warmup_aligners") or {}
+    # a VSR model aligns its lip targets on the soundtrack with the dropped audio stream's encoder,
+    # built for the warm-up alone (train.aligner_encoders); the model itself reads no audio
+    borrowed = {
+        k: streams[v]["encoder"] for k, v in aligners.items() if k in keep and v not in keep and v in streams
+    }
+    if borrowed:
+        d["train"]["aligner_encoders"] = {
+            **(d["train"].get("aligner_encoders") or {}),
+            **{e: d["model"]["encoders"][e] for e in borrowed.values()},
+        }
+        d["train"]["warmup_aligners"] = {**aligners, **borrowed}
     for key in ("warmup_teachers", "warmup_token_teachers", "warmup_aligners"):
         teachers = d["train"].get(key)
         if teachers:  # distillation needs both streams: an ASR or VSR model keeps none
-            d["train"][key] = {k: v for k, v in teachers.items() if k in keep and v in keep} or None
+            fine = (
+                set(keep) | set(d["train"].get("aligner_encoders") or {})
+                if key == "warmup_aligners"
+                else set(keep)
+            )
+            d["train"][key] = {k: v for k, v in teachers.items() if k in keep and v in fine} or None
     used = {s["encoder"] for s in d["model"]["streams"].values()}
     d["model"]["encoders"] = {k: v for k, v in d["model"]["encoders"].items() if k in used}
     d["data"]["root"] = str(out / "corpus")

@@ -66,6 +66,7 @@ from llama_avsr.data.dataset import build_dataloader, load_split
 from llama_avsr.devices import resolve_precision
 from llama_avsr.evaluation.metrics import ErrorCounts, align_counts
 from llama_avsr.models.avsr import AVSRModel
+from llama_avsr.models.encoders.base import build_encoder
 
 log = logging.getLogger(__name__)
 
@@ -737,12 +738,23 @@ class _Aligner:
         teacher = (t.warmup_aligners or {}).get(student)
         if teacher is None or not t.warmup_aligner_weight:
             return None
-        _check_teacher(model, "warmup_aligners", student, teacher)
         start = time.time()
         s_enc = model.encoders[model.cfg.streams[student].encoder]
-        t_enc = model.encoders[model.cfg.streams[teacher].encoder]
+        if teacher in (t.aligner_encoders or {}):  # an encoder built for the alignment alone
+            t_enc = build_encoder(t.aligner_encoders[teacher]).to(model.device).eval()
+            mods = list(t_enc.accepts)
+
+            def encode(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                return t_enc({m: batch.inputs[m] for m in mods}, {m: batch.lengths[m] for m in mods})
+        else:
+            _check_teacher(model, "warmup_aligners", student, teacher)
+            t_enc = model.encoders[model.cfg.streams[teacher].encoder]
+            mods = list(model.cfg.streams[teacher].inputs)
+
+            def encode(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                return model.encoder_features(teacher, batch)
+
         ratio = float(t_enc.frame_rate) / float(s_enc.frame_rate)  # teacher frames per student frame
-        mods = list(model.cfg.streams[teacher].inputs)
         collator = Collator(model.tokenizer, mods)
         data = _data(exp)
         loader = build_dataloader(load_split(data, "train"), data, collator, "val", modalities=mods)
@@ -755,7 +767,7 @@ class _Aligner:
                     if not len(batch):
                         continue
                     batch = batch.to(model.device)
-                    f, lens = model.encoder_features(teacher, batch)
+                    f, lens = encode(batch)
                     for i in range(len(batch)):
                         seq = f[i, : int(lens[i])].float().cpu()
                         out = torch.zeros(max(1, int(len(seq) / ratio)), seq.shape[-1])
