@@ -331,7 +331,7 @@ class ExperimentConfig:
                     f"train.task_weights: {sorted(bad) or 'all zero'}; the model's tasks are {m.task_names}"
                 )
         aligners = t.aligner_encoders or {}
-        clash = set(aligners) & set(m.streams)
+        clash = set(aligners) & set(m.streams) if aligners else set()
         if clash:
             raise ValueError(
                 f"train.aligner_encoders: {sorted(clash)} also name streams of the model: rename them"

@@ -90,12 +90,37 @@ def load_llm(cfg: LLMConfig, vocab_size: int | None, meta: bool = False) -> nn.M
     if vocab_size is None:
         vocab_size = model.config.vocab_size + len(SPECIAL_TOKENS) + 1
     if vocab_size != model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(vocab_size, mean_resizing=not meta)
+        _resize_embeddings(model, vocab_size, meta)
     model.requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+@torch.no_grad()
+def _resize_embeddings(model: nn.Module, vocab_size: int, meta: bool) -> None:
+    """Grow the token embeddings (and an untied output layer) to ``vocab_size``; each new row is the mean
+    of the existing rows, computed in float64.
+
+    transformers' ``mean_resizing`` draws the new rows from N(mean, 1e-9 · covariance): the same rows to
+    within ~1e-5 of their norm, but through a covariance matmul whose last bits depend on the number of
+    threads, so two processes of one thread each (a two-process run on two cores) built other frozen
+    weights than one process of two threads."""
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    if meta or vocab_size <= old:
+        return
+    layers = [model.get_input_embeddings()]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not layers[0].weight:
+        layers.append(out)
+    for layer in layers:
+        w = layer.weight
+        w[old:] = w[:old].double().mean(0).to(w.dtype)
+        bias = getattr(layer, "bias", None)
+        if bias is not None and bias.shape[0] == w.shape[0]:
+            bias[old:] = bias[:old].double().mean().to(bias.dtype)
 
 
 def apply_lora(model: nn.Module, cfg: LoRAConfig, adapters: list[str] | None = None) -> nn.Module:
