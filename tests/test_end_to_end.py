@@ -512,11 +512,10 @@ def test_time_budgeted_run_stops_on_time_and_ends_at_the_low_learning_rate(corpu
     assert lr < 0.5e-3, f"the cosine should have decayed over the budget, lr={lr}"
 
 
-def test_blank_first_steps_blanks_the_audio_of_every_utterance_with_video_before_step_n(corpus, tmp_path):
-    """``train.blank_first_steps={audio: 2}``: the LLM's first two steps read the video alone; items whose
-    video the dataset's modality dropout blanked keep their audio (never both blanked); later steps see
-    the dataset's inputs unchanged. The audio stream's projector stays as it was while its input is blank
-    (its gradients would come from silence alone), and learns afterwards."""
+def train_recording_inputs(corpus, out, steps: int, *settings: str):
+    """Train the tiny AV model with ``settings`` (the dataset drops the video of half the utterances);
+    per step: (step, ``batch.blanked``, audio all zero, video all zero) per item, and the audio and video
+    projectors' weights before training and after each step."""
     from lightning.pytorch.callbacks import Callback
 
     from llama_avsr.training.config import ExperimentConfig
@@ -543,27 +542,45 @@ def test_blank_first_steps_blanks_the_audio_of_every_utterance_with_video_before
 
     exp = ExperimentConfig.load(
         TINY,
-        common(corpus, tmp_path)
+        common(corpus, out)
         + [
-            "train.max_steps=4",
+            f"train.max_steps={steps}",
             "data.max_frames=200",
             "data.max_batch_size=4",
             "data.modality_dropout={video: 0.5}",
-            "train.blank_first_steps={audio: 2}",
             "train.val_every_steps=100",
             "train.select=last",
+            *settings,
         ],
     )
     train(exp, callbacks=[Record()])
-    assert [s for s, *_ in seen] == [0, 1, 2, 3]
-    for step, blanked, silent, dark in seen:
-        for b, s, d in zip(blanked, silent, dark, strict=True):
-            assert not (s and d), "an item lost both inputs"
-            assert s == ("audio" in b) and d == ("video" in b)
-            if step < 2:
-                assert s or d  # every item reads one modality only: the video, unless it was dropped
-            else:
-                assert not s  # audio blanked only by the dataset, whose dropout here is video-only
+    assert [s for s, *_ in seen] == list(range(steps))
+    for _, blanked, silent, dark in seen:
+        for b, a, d in zip(blanked, silent, dark, strict=True):
+            assert not (a and d), "an item lost both inputs"
+            assert a == ("audio" in b) and d == ("video" in b)
+    return seen, weights
+
+
+def audio_blanked_steps(seen) -> list[bool | None]:
+    """Per step, whether the audio was blanked in every item that has its video (else in none); ``None``
+    for a step whose items all had their video dropped by the dataset."""
+    out = []
+    for _, _, silent, dark in seen:
+        with_video = [a for a, d in zip(silent, dark, strict=True) if not d]
+        assert len(set(with_video)) <= 1, "all or none of a step's items"
+        out.append(with_video[0] if with_video else None)
+    return out
+
+
+def test_blank_first_steps_blanks_the_audio_of_every_utterance_with_video_before_step_n(corpus, tmp_path):
+    """``train.blank_first_steps={audio: 2}``: the LLM's first two steps read the video alone; items whose
+    video the dataset's modality dropout blanked keep their audio (never both blanked); later steps see
+    the dataset's inputs unchanged. The audio stream's projector stays as it was while its input is blank
+    (its gradients would come from silence alone), and learns afterwards."""
+    seen, weights = train_recording_inputs(corpus, tmp_path, 4, "train.blank_first_steps={audio: 2}")
+    assert [d for d in audio_blanked_steps(seen)[:2] if d is not None] in ([True], [True, True])
+    assert not any(audio_blanked_steps(seen)[2:])
     early = [d for step, _, _, dark in seen if step < 2 for d in dark]
     assert not all(early)  # with dropout 0.5 on video, some items read the video during the curriculum
     audio, video = weights["audio"], weights["video"]  # before training, then after each step
@@ -572,12 +589,30 @@ def test_blank_first_steps_blanks_the_audio_of_every_utterance_with_video_before
     assert all(not torch.equal(a, b) for a, b in zip(video, video[1:], strict=False))
 
 
+def test_blank_batches_blanks_the_audio_of_whole_steps_drawn_from_the_seed(corpus, tmp_path):
+    """``train.blank_batches={audio: 0.5}``: about half of the steps read the video alone (every item
+    whose video is present), the others the dataset's inputs; the same steps in a second run with the
+    same seed; the audio projector is updated exactly in the steps that read the audio."""
+    steps = 8
+    seen, weights = train_recording_inputs(corpus, tmp_path / "a", steps, "train.blank_batches={audio: 0.5}")
+    drawn = audio_blanked_steps(seen)
+    assert drawn.count(True) and drawn.count(False)
+    audio = weights["audio"]
+    kept = [torch.equal(a, b) for a, b in zip(audio, audio[1:], strict=False)]
+    assert all(k == d for k, d in zip(kept, drawn, strict=True) if d is not None)
+    again, _ = train_recording_inputs(corpus, tmp_path / "b", steps, "train.blank_batches={audio: 0.5}")
+    assert audio_blanked_steps(again) == drawn
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("train.blank_first_steps={audio: 2, video: 3}", "one modality at most"),
         ("train.blank_first_steps={audio: -1}", "integers >= 0"),
         ("train.blank_first_steps={depth: 5}", "not one of several modalities"),
+        ("train.blank_batches={audio: 0.6, video: 0.5}", "summing to less than 1"),
+        ("train.blank_batches={audio: 1.0}", r"in \[0, 1\)"),
+        ("train.blank_batches={depth: 0.2}", "not one of several modalities"),
     ],
 )
 def test_blank_first_steps_refuses_what_cannot_work(override, message):

@@ -137,6 +137,12 @@ class TrainConfig:
         other inputs are present (``{audio: 100}``: the LLM first learns to read the warmed-up video
         tokens alone, then the audio, which it reads far more easily, is added; ``data.modality_dropout``
         applies throughout). One modality at most; ``None``: off.
+    blank_batches: modality → probability that a training step blanks that modality in every utterance
+        of its batch whose other inputs are present (one modality per step at most; drawn from the seed and
+        the step, so every process of a run draws alike). Where ``data.modality_dropout`` mixes a few
+        utterances without audio into batches the LLM mostly reads through the audio, a whole batch
+        without it makes the step about the video alone. As with ``blank_first_steps``, the streams
+        reading a blanked modality are not updated in that step.
     task_sampling: for a multi-task model (``model.tasks``): ``batch`` — one task per batch;
         ``utterance`` — one per utterance; ``all`` — every task on every utterance (Omni-AVSR), weighted
         by ``task_weights`` (``training/objective.py``).
@@ -190,6 +196,7 @@ class TrainConfig:
     warmup_aligner_weight: float = 1.0
     aligner_encoders: dict[str, EncoderConfig] | None = None
     blank_first_steps: dict[str, int] | None = None
+    blank_batches: dict[str, float] | None = None
     task_sampling: str = "batch"
     task_weights: dict[str, float] | None = None
     rate_sampling: str = "all"
@@ -291,6 +298,12 @@ class TrainConfig:
                 raise ValueError(
                     f"train.blank_first_steps: steps must be integers >= 0, got {self.blank_first_steps}"
                 )
+        if self.blank_batches:
+            probs = list(self.blank_batches.values())
+            if any(not 0 <= v < 1 for v in probs) or sum(probs) >= 1:
+                raise ValueError(
+                    f"train.blank_batches: probabilities in [0, 1) summing to less than 1, got {self.blank_batches}"
+                )
         if self.feature_cache and self.sharded:
             raise ValueError(
                 f"train.feature_cache does not work with train.strategy={self.strategy}: a sharded encoder "
@@ -344,12 +357,13 @@ class ExperimentConfig:
         for name, enc in aligners.items():
             if not enc.frozen:
                 raise ValueError(f"train.aligner_encoders.{name}: an alignment encoder must be frozen")
-        if t.blank_first_steps:
-            bad = set(t.blank_first_steps) - set(m.modalities)
-            if bad or len(m.modalities) < 2:
+        for key in ("blank_first_steps", "blank_batches"):
+            chosen = getattr(t, key) or {}
+            bad = set(chosen) - set(m.modalities) if chosen else set()
+            if chosen and (bad or len(m.modalities) < 2):
                 raise ValueError(
-                    f"train.blank_first_steps: {sorted(bad) or sorted(t.blank_first_steps)} is not one of "
-                    f"several modalities; the model reads {m.modalities}"
+                    f"train.{key}: {sorted(bad) or sorted(chosen)} is not one of several modalities; the "
+                    f"model reads {m.modalities}"
                 )
         if self.train.select == "best_val_wer":
             if self.data.val_csv is None:

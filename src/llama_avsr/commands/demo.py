@@ -93,6 +93,7 @@ def task_config(
     if len(keep) < 2:  # one stream: no other modality to fall back on (the dataset ignores it too)
         d["data"].pop("modality_dropout", None)
         d["train"].pop("blank_first_steps", None)
+        d["train"].pop("blank_batches", None)
     if "video" not in TASKS[task]:  # no video is loaded: nothing to cache
         d["data"].pop("video_cache_mb", None)
     warm = d["train"].get("ctc_warmup_streams")
