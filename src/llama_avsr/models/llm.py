@@ -106,9 +106,10 @@ def _resize_embeddings(model: nn.Module, vocab_size: int, meta: bool) -> None:
     transformers' ``mean_resizing`` draws the new rows from N(mean, 1e-9 · covariance): the same rows to
     within ~1e-5 of their norm, but through a covariance matmul whose last bits depend on the number of
     threads, so two processes of one thread each (a two-process run on two cores) built other frozen
-    weights than one process of two threads."""
+    weights than one process of two threads. Its draw is kept (then overwritten) so that the random
+    generator moves on exactly as it did: the random parts built next (LoRA, projectors) are unchanged."""
     old = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    model.resize_token_embeddings(vocab_size, mean_resizing=not meta)
     if meta or vocab_size <= old:
         return
     layers = [model.get_input_embeddings()]
