@@ -355,3 +355,33 @@ def test_paper_asr_recipe_has_42m_trainable_parameters(capsys):
     lora = 32 * (64 * 4096 + 4096 * 64 + 64 * 4096 + 1024 * 64)
     assert trainable == proj + lora
     assert round(trainable / 1e6) == 42
+
+
+def test_new_token_embeddings_are_the_mean_row_whatever_the_thread_count(caplog):
+    """The rows added for the special tokens are the float64 mean of the existing rows, bit for bit the
+    same in a process of one thread and one of two (two one-thread ranks of a run on a 2-core machine
+    must build the same frozen weights as one process), without transformers' note on its own draw."""
+    import logging
+
+    from llama_avsr.config import SPECIAL_TOKENS, LLMConfig
+    from llama_avsr.models.llm import load_llm
+
+    cfg = LLMConfig(source=None, arch="tiny-llama", lora=None)
+    threads = torch.get_num_threads()
+    built = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            torch.manual_seed(0)  # random weights: the same draw for both builds
+            with caplog.at_level(logging.WARNING):
+                llm = load_llm(cfg, vocab_size=None)
+            built.append(llm.get_input_embeddings().weight.detach().clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert "multivariate normal" not in caplog.text
+    w = built[0]
+    added = len(SPECIAL_TOKENS) + 1  # vocab_size=None: the special tokens and a pad token
+    old = w.shape[0] - added
+    mean = w[:old].double().mean(0).to(w.dtype)
+    assert all(torch.equal(row, mean) for row in w[old:])
+    assert torch.equal(built[0], built[1])

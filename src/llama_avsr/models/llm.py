@@ -109,7 +109,13 @@ def _resize_embeddings(model: nn.Module, vocab_size: int, meta: bool) -> None:
     weights than one process of two threads. Its draw is kept (then overwritten) so that the random
     generator moves on exactly as it did: the random parts built next (LoRA, projectors) are unchanged."""
     old = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(vocab_size, mean_resizing=not meta)
+    hf_log = logging.getLogger("transformers.modeling_utils")  # its note on the draw, which is replaced
+    level = hf_log.level
+    hf_log.setLevel(logging.ERROR)
+    try:
+        model.resize_token_embeddings(vocab_size, mean_resizing=not meta)
+    finally:
+        hf_log.setLevel(level)
     if meta or vocab_size <= old:
         return
     layers = [model.get_input_embeddings()]
