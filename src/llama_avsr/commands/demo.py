@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="training budget per model in minutes, after the CTC warm-ups (about 7.5 minutes for "
         "demo/avsr on 2 cores) (default: the recipe's train.max_minutes, 9 for demo/avsr; 15 with --full: "
-        "3 models, not yet timed with the 2026-12-02 recipe)",
+        "3 models: 63.8 min in all on a 2-core Intel Xeon with AMX, 2026-12-07)",
     )
     p.add_argument("--train", type=int, default=1200, help="training utterances to synthesise")
     p.add_argument(
