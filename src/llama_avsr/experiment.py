@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_avsr.config import ConfigError, EncoderConfig, ModelConfig, from_dict, load_recipe, to_dict
-from llama_avsr.data.config import DataConfig
+from llama_avsr.data.config import DataConfig, check_blank_probabilities
 from llama_avsr.decoding.options import DecodingOptions
 
 LOGGERS = ("tensorboard", "csv", "wandb")
@@ -299,11 +299,7 @@ class TrainConfig:
                     f"train.blank_first_steps: steps must be integers >= 0, got {self.blank_first_steps}"
                 )
         if self.blank_batches:
-            probs = list(self.blank_batches.values())
-            if any(not 0 <= v < 1 for v in probs) or sum(probs) >= 1:
-                raise ValueError(
-                    f"train.blank_batches: probabilities in [0, 1) summing to less than 1, got {self.blank_batches}"
-                )
+            check_blank_probabilities("train.blank_batches", self.blank_batches)
         if self.feature_cache and self.sharded:
             raise ValueError(
                 f"train.feature_cache does not work with train.strategy={self.strategy}: a sharded encoder "

@@ -18,7 +18,7 @@ the mean gray level for mouth crops (zero after normalisation). :func:`blank_inp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -78,6 +78,17 @@ class Batch:
 def blank_input(x: torch.Tensor) -> torch.Tensor:
     """A modality's transformed input (one item, or a batch) with the signal removed, same shape."""
     return torch.zeros_like(x)
+
+
+def draw_modality(probs: Mapping[str, float], u: float) -> str | None:
+    """The modality a uniform draw ``u`` in [0, 1) blanks, given each modality's probability (at most
+    one per draw; ``data.config.check_blank_probabilities``), or ``None``."""
+    acc = 0.0
+    for m, p in probs.items():
+        if acc <= u < acc + p:
+            return m
+        acc += p
+    return None
 
 
 def blank_rows(batch: Batch, modality: str, rows: Sequence[int]) -> Batch:

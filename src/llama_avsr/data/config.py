@@ -11,6 +11,13 @@ PAPER_TRAIN_SNRS: tuple[float | None, ...] = (-5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
+def check_blank_probabilities(where: str, probs: dict[str, float]) -> None:
+    """``probs`` (modality → probability that it is blanked, one modality at most per draw) must be in
+    [0, 1) and sum to less than 1; ``where`` names the setting in the error."""
+    if any(not 0.0 <= p < 1.0 for p in probs.values()) or sum(probs.values()) >= 1.0:
+        raise ValueError(f"{where}: probabilities in [0, 1) summing to less than 1, got {probs}")
+
+
 @dataclass
 class DataConfig:
     """Corpus, batching and augmentation settings.
@@ -102,11 +109,7 @@ class DataConfig:
         ):
             if set(mods) - {"audio", "video"}:
                 raise ValueError(f"data.{what}: modalities are audio and video, got {list(mods)}")
-        probs = self.modality_dropout.values()
-        if any(not 0.0 <= p < 1.0 for p in probs) or sum(probs) >= 1.0:
-            raise ValueError(
-                f"data.modality_dropout: probabilities in [0, 1) summing to less than 1, got {self.modality_dropout}"
-            )
+        check_blank_probabilities("data.modality_dropout", self.modality_dropout)
         if not self.train_snrs:
             raise ValueError("data.train_snrs must hold at least one level (null = clean)")
         if any(

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from llama_avsr import media
 from llama_avsr.config import MODALITIES
-from llama_avsr.data.batch import Batch, blank_input
+from llama_avsr.data.batch import Batch, blank_input, draw_modality
 from llama_avsr.data.config import DataConfig
 from llama_avsr.data.corpus import SAMPLES_PER_FRAME, PackedUtterances, Utterance, read_labels
 from llama_avsr.data.sampler import FrameBudgetBatchSampler, mix_seed
@@ -241,11 +241,9 @@ class AVDataset(Dataset):
                 raise media.MediaError(f"{path}: {m} transform failed ({e})") from e
         blanked = list(self.blank)
         if self.modality_dropout:
-            u, acc = float(torch.rand((), generator=g)), 0.0
-            for m, p in self.modality_dropout.items():
-                if acc <= u < acc + p and m not in blanked:
-                    blanked.append(m)
-                acc += p
+            m = draw_modality(self.modality_dropout, float(torch.rand((), generator=g)))
+            if m is not None and m not in blanked:
+                blanked.append(m)
         for m in blanked:
             sample[m] = blank_input(sample[m])
         if blanked:
