@@ -505,17 +505,13 @@ def aligner_exp(corpus: Path, tmp_path: Path, *extra: str):
     )
 
 
-def test_aligned_frame_targets_read_the_transcript_and_train_encoder_and_projector(corpus, tmp_path):
-    """``train.warmup_aligners={video: audio}``: the transcripts are aligned on the audio; every aligned
-    utterance's video frame classes read its tokens in order, with silence around them; the encoder's
-    frame cross-entropy and the projector's fall in the warm-up, and nothing is added to the model."""
+def assert_aligned_labels_read_the_transcripts(exp, model):
+    """Build the video stream's aligner (``train.warmup_aligners``): it labels every training utterance,
+    and each aligned one's frame classes read its transcript's tokens in order; at least half are
+    aligned. Returns the aligner's report."""
     from llama_avsr.data.dataset import load_split
-    from llama_avsr.training.module import AVSRLightning
-    from llama_avsr.training.warmup import WarmupReport, _Aligner, _collect, ctc_warmup
+    from llama_avsr.training.warmup import WarmupReport, _Aligner, _collect
 
-    exp = aligner_exp(corpus, tmp_path)
-    torch.manual_seed(0)
-    model = AVSRLightning(exp).model
     _, targets = _collect(model, exp, [])
     vocab = torch.unique(torch.cat(targets))
     index = torch.zeros(int(vocab.max()) + 1, dtype=torch.long)
@@ -533,6 +529,20 @@ def test_aligned_frame_targets_read_the_transcript_and_train_encoder_and_project
         runs = [int(v) for k, v in enumerate(lab) if v > 0 and (k == 0 or v != lab[k - 1])]
         assert runs == [int(v) for k, v in enumerate(index[y]) if k == 0 or v != index[y][k - 1]]
     assert aligned >= len(targets) // 2
+    return report
+
+
+def test_aligned_frame_targets_read_the_transcript_and_train_encoder_and_projector(corpus, tmp_path):
+    """``train.warmup_aligners={video: audio}``: the transcripts are aligned on the audio; every aligned
+    utterance's video frame classes read its tokens in order, with silence around them; the encoder's
+    frame cross-entropy and the projector's fall in the warm-up, and nothing is added to the model."""
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import ctc_warmup
+
+    exp = aligner_exp(corpus, tmp_path)
+    torch.manual_seed(0)
+    model = AVSRLightning(exp).model
+    assert_aligned_labels_read_the_transcripts(exp, model)
     n_params = sum(p.numel() for p in model.parameters())
     report = ctc_warmup(model, exp)
     assert {"video.encoder.aligned", "video.aligned"} <= set(report.last_loss)
@@ -614,9 +624,8 @@ def test_a_video_only_model_aligns_its_lip_targets_with_an_alignment_encoder(cor
     """``train.aligner_encoders``: a model that reads no audio (VSR) still gets frame targets aligned on
     the soundtrack, by an encoder built for the alignment alone; its labels read each aligned
     transcript's tokens in order, the encoder and projector learn them, and the model gains no encoder."""
-    from llama_avsr.data.dataset import load_split
     from llama_avsr.training.module import AVSRLightning
-    from llama_avsr.training.warmup import WarmupReport, _Aligner, _collect, ctc_warmup
+    from llama_avsr.training.warmup import ctc_warmup
 
     exp = encoder_rate_exp(
         corpus,
@@ -630,23 +639,8 @@ def test_a_video_only_model_aligns_its_lip_targets_with_an_alignment_encoder(cor
     torch.manual_seed(0)
     model = AVSRLightning(exp).model
     assert list(model.encoders) == ["avhubert"] and exp.model.modalities == ["video"]
-    _, targets = _collect(model, exp, [])
-    vocab = torch.unique(torch.cat(targets))
-    index = torch.zeros(int(vocab.max()) + 1, dtype=torch.long)
-    index[vocab] = torch.arange(1, len(vocab) + 1)
-    report = WarmupReport([], 0, 0, {}, 0.0)
-    aligner = _Aligner.build(model, exp, "video", index, torch.Generator().manual_seed(0), report, epochs=60)
-    ids = [u.id for u in load_split(exp.data, "train")]
-    assert set(aligner.labels) == set(ids) and "video.alignment" in report.token_error_rate
-    aligned = 0
-    for utt, y in zip(ids, targets, strict=False):
-        lab = aligner.labels[utt]
-        if int(lab[0]) < 0:
-            continue
-        aligned += 1
-        runs = [int(v) for k, v in enumerate(lab) if v > 0 and (k == 0 or v != lab[k - 1])]
-        assert runs == [int(v) for k, v in enumerate(index[y]) if k == 0 or v != index[y][k - 1]]
-    assert aligned >= len(targets) // 2
+    report = assert_aligned_labels_read_the_transcripts(exp, model)
+    assert "video.alignment" in report.token_error_rate
     n_params = sum(p.numel() for p in model.parameters())
     report = ctc_warmup(model, exp)
     for key in ("video.encoder.aligned", "video.aligned"):
