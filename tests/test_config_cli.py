@@ -150,6 +150,10 @@ def test_field_docs_reads_docstring_entries_and_comments():
         ("train.epochs=ten", "train.epochs: expected int, got 'ten'"),
         ("train.eval_at_end=3", "train.eval_at_end: expected bool, got 3"),
         ("train.lr=[1", "override 'train.lr=[1': the value is not valid YAML"),
+        (
+            "data.modality_dropout={audio: 0.1, audio: 0.2}",
+            "the value is not valid YAML (key 'audio' is written twice (line 1))",
+        ),
         ("train.precision=fp8", "train.precision must be one of"),
         ("train", "override 'train' must look like key.path=value"),
     ],
@@ -173,6 +177,24 @@ def test_a_missing_config_file_or_section_is_one_line(tmp_path, capsys):
     bad.write_text("model: [unclosed\n")
     assert main(["train", "--config", str(bad)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_a_key_written_twice_in_a_recipe_is_refused_with_both_lines(tmp_path, capsys):
+    """PyYAML keeps the last of two equal keys without a word: a recipe edited in two places would run
+    with whichever came last. YAML merge keys (``<<: *anchor``) are not duplicates."""
+    from llama_avsr.config import find_recipe, load_yaml
+
+    recipe = find_recipe("demo/avsr").read_text()
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(recipe.replace("  lr: 3.0e-3\n", "  lr: 3.0e-3\n  lr: 1.0e-3\n", 1))
+    line = 1 + recipe.splitlines().index("  lr: 3.0e-3")
+    assert main(["train", "--config", str(twice), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"not valid YAML (key 'lr' is written twice (lines {line} and {line + 1}))" in err
+    assert err.count("\n") == 1
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &b {lr: 1, epochs: 2}\ntrain:\n  <<: *b\n  lr: 3\n")
+    assert load_yaml(merged)["train"] == {"lr": 3, "epochs": 2}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 import torch
 from tiny_av import av_model_dict
 
-from llama_avsr.config import ModelConfig, from_dict
+from llama_avsr.config import ConfigError, ModelConfig, from_dict
 from llama_avsr.data.collate import Collator
 from llama_avsr.decoding.options import DecodingOptions
 from llama_avsr.decoding.search import generate
@@ -21,6 +22,7 @@ from llama_avsr.model_dir import (
     ModelDirError,
     export_merged,
     from_pretrained,
+    init_from_model_dirs,
     load_experiment,
     load_model_dir,
     push_to_hub,
@@ -309,3 +311,103 @@ def test_save_refuses_to_replace_a_non_model_directory(trained, tmp_path):
     with pytest.raises(ModelDirError, match="refusing"):
         save_pretrained(model, tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def _state(model: AVSRModel, prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.trainable_state_dict().items() if k.startswith(prefix)}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_from_copies_the_named_parts_and_nothing_else(trained, tokenizer):
+    source, path = trained
+    torch.manual_seed(5)
+    model = AVSRModel(model_cfg(), tokenizer=tokenizer)
+    before = {p: _state(model, p) for p in ("projectors.audio.", "llm.", "encoders.avhubert.")}
+    copied = init_from_model_dirs(model, {"video": str(path)})
+    # the video stream: its projector and its encoder's trained (LoRA) weights come from the source
+    assert _same(_state(model, "projectors.video."), _state(source, "projectors.video."))
+    assert _same(_state(model, "encoders.avhubert."), _state(source, "encoders.avhubert."))
+    assert not _same(before["encoders.avhubert."], _state(source, "encoders.avhubert."))
+    # the other parts keep their initialisation
+    assert _same(_state(model, "projectors.audio."), before["projectors.audio."])
+    assert _same(_state(model, "llm."), before["llm."])
+    assert copied["video"] == len(_state(source, "projectors.video.")) + len(
+        _state(source, "encoders.avhubert.")
+    )
+    init_from_model_dirs(model, {"llm": str(path), "audio": str(path)})
+    assert _same(_state(model, "llm."), _state(source, "llm."))
+    assert _same(model.trainable_state_dict(), source.trainable_state_dict())
+
+
+def test_init_from_a_model_with_other_streams_and_encoder_names(trained, tokenizer, tmp_path):
+    """A VSR model (the video stream alone, its encoder under another name) starts from the AV model."""
+    source, path = trained
+    d = dataclasses.asdict(model_cfg())
+    d["encoders"] = {"lips": d["encoders"]["avhubert"]}
+    d["streams"] = {"video": {**d["streams"]["video"], "encoder": "lips"}}
+    model = AVSRModel(from_dict(ModelConfig, d), tokenizer=tokenizer)
+    init_from_model_dirs(model, {"video": str(path)})
+    ours = _state(model, "encoders.lips.")
+    theirs = _state(source, "encoders.avhubert.")
+    assert ours and _same(
+        {k.replace("encoders.lips.", "encoders.avhubert."): v for k, v in ours.items()}, theirs
+    )
+    assert _same(_state(model, "projectors.video."), _state(source, "projectors.video."))
+
+
+def test_init_from_refuses_parts_built_differently(trained, tokenizer, tmp_path):
+    _, path = trained
+    model = AVSRModel(model_cfg(ratio=4), tokenizer=tokenizer)
+    before = model.trainable_state_dict()
+    before = {k: v.clone() for k, v in before.items()}
+    with pytest.raises(
+        ModelDirError, match=r"stream 'audio' is built differently \(compression.ratio: 3 there, 4 here"
+    ):
+        init_from_model_dirs(model, {"audio": str(path)})
+    assert _same(model.trainable_state_dict(), before)  # nothing copied
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelDirError, match="not a model directory"):
+        init_from_model_dirs(model, {"video": str(tmp_path / "empty")})
+    other = AVSRModel(
+        from_dict(
+            ModelConfig,
+            av_model_dict(
+                {"kind": "stack", "ratio": 3},
+                {"kind": "stack", "ratio": 2},
+                {"reduction": 4, "alpha": 4},
+                video_layernorm=True,
+            ),
+        ),
+        tokenizer=tokenizer,
+    )
+    with pytest.raises(
+        ModelDirError,
+        match=r"train.init_from.llm: .* its LLM differs from this model's \(lora.reduction: 8 there, 4 here",
+    ):
+        init_from_model_dirs(other, {"llm": str(path)})
+
+
+def test_init_from_is_checked_against_the_model_and_the_warm_up(trained):
+    _, path = trained
+    base = {"model": dataclasses.asdict(model_cfg())}
+    ok = ExperimentConfig.from_dict({**base, "train": {"init_from": {"video": str(path), "llm": str(path)}}})
+    assert ok.train.init_from == {"video": str(path), "llm": str(path)}
+    with pytest.raises(ConfigError, match=r"train.init_from: \['lips'\] are not parts of the model"):
+        ExperimentConfig.from_dict({**base, "train": {"init_from": {"lips": str(path)}}})
+    with pytest.raises(
+        ConfigError,
+        match=r"train.init_from: \['video'\] start trained; leave them out of train.ctc_warmup_streams",
+    ):
+        ExperimentConfig.from_dict(
+            {
+                **base,
+                "train": {"init_from": {"video": str(path)}, "ctc_warmup_streams": {"video": 2, "audio": 1}},
+            }
+        )
+    # a warm-up of 0 epochs is no warm-up
+    ExperimentConfig.from_dict(
+        {**base, "train": {"init_from": {"video": str(path)}, "ctc_warmup_streams": {"video": 0}}}
+    )

@@ -668,3 +668,35 @@ def test_a_video_only_model_aligns_its_lip_targets_with_an_alignment_encoder(cor
 def test_alignment_encoder_settings_are_checked(corpus, tmp_path, settings, message):
     with pytest.raises(ValueError, match=message):
         encoder_rate_exp(corpus, tmp_path, *VIDEO_ONLY, "train.ctc_warmup_streams={video: 1}", *settings)
+
+
+def test_a_run_starts_from_trained_parts_and_does_not_warm_them_up(corpus, tmp_path):
+    """train.init_from: every part starts from the source model (with lr 0 the weights stay the
+    source's), and the initialised audio stream is left out of the CTC warm-up."""
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    assert main(["train", "--config", str(TINY), *overrides(corpus, first), "train.max_steps=2"]) == 0
+    src = first / "model"
+    second = tmp_path / "second"
+    parts = f"train.init_from={{audio: {src}, video: {src}, llm: {src}}}"
+    run = [*overrides(corpus, second), parts, "train.ctc_warmup_epochs=2", "train.lr=0", "train.max_steps=2"]
+    assert main(["train", "--config", str(TINY), *run]) == 0
+    assert json.loads((second / "ctc_warmup.json").read_text())["streams"] == []
+    a, b = (
+        load_file(str(src / "trainable.safetensors")),
+        load_file(str(second / "model" / "trainable.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    stats = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm statistics move in training
+    weights = [k for k in a if not k.endswith(stats)]
+    assert any(k.startswith("projectors.video.") for k in weights) and any("lora_" in k for k in weights)
+    assert all(torch.equal(a[k], b[k]) for k in weights)
+    # without init_from the same run starts elsewhere
+    third = tmp_path / "third"
+    assert (
+        main(["train", "--config", str(TINY), *overrides(corpus, third), "train.lr=0", "train.max_steps=2"])
+        == 0
+    )
+    c = load_file(str(third / "model" / "trainable.safetensors"))
+    assert not all(torch.equal(a[k], c[k]) for k in weights)

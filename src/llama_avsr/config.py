@@ -546,13 +546,43 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {ov!r} must look like key.path=value (e.g. train.lr=5e-4)")
         key, raw = ov.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError as e:
-            raise ConfigError(
-                f"override {ov!r}: the value is not valid YAML ({str(e).splitlines()[0]})"
-            ) from e
+            raise ConfigError(f"override {ov!r}: the value is not valid YAML ({_yaml_error(e)})") from e
         set_dotted(data, key.strip(), value)
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a mapping with a key written twice: PyYAML keeps the last
+    silently, so a recipe edited in two places would run with whichever came last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges are not duplicates
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                where = f"lines {seen[key]} and {line}" if line != seen[key] else f"line {line}"
+                raise yaml.constructor.ConstructorError(problem=f"key {key!r} is written twice ({where})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: the problem and where."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(e).split())
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text → data, with :class:`_UniqueKeyLoader` (a repeated key is an error)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -560,10 +590,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        with path.open() as f:
-            data = yaml.safe_load(f) or {}
+        data = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from e
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_error(e)})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping")
     return data

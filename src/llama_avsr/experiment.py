@@ -143,6 +143,13 @@ class TrainConfig:
         utterances without audio into batches the LLM mostly reads through the audio, a whole batch
         without it makes the step about the video alone. As with ``blank_first_steps``, the streams
         reading a blanked modality are not updated in that step.
+    init_from: start parts of the model from trained model directories (or hub ids) instead of their
+        initialisation: a mapping part → directory, where a part is a stream name (its projector and,
+        when it trains, its encoder) or ``llm`` (the LoRA weights): ``{video: runs/vsr/model, audio:
+        runs/asr/model}`` starts an AVSR model from a VSR and an ASR model, as audio-visual systems start
+        from encoders trained on one modality. Each part must be configured as in its source (a one-line
+        error names the difference). An initialised stream is left out of the CTC warm-up (naming it in
+        ``ctc_warmup_streams`` is an error). A resumed run takes its weights from its checkpoint.
     task_sampling: for a multi-task model (``model.tasks``): ``batch`` — one task per batch;
         ``utterance`` — one per utterance; ``all`` — every task on every utterance (Omni-AVSR), weighted
         by ``task_weights`` (``training/objective.py``).
@@ -197,6 +204,7 @@ class TrainConfig:
     aligner_encoders: dict[str, EncoderConfig] | None = None
     blank_first_steps: dict[str, int] | None = None
     blank_batches: dict[str, float] | None = None
+    init_from: dict[str, str] | None = None
     task_sampling: str = "batch"
     task_weights: dict[str, float] | None = None
     rate_sampling: str = "all"
@@ -353,6 +361,24 @@ class ExperimentConfig:
         for name, enc in aligners.items():
             if not enc.frozen:
                 raise ValueError(f"train.aligner_encoders.{name}: an alignment encoder must be frozen")
+        parts = set(t.init_from or {})
+        unknown = parts - {*m.streams, "llm"}
+        if unknown:
+            raise ValueError(
+                f"train.init_from: {sorted(unknown)} are not parts of the model (its streams "
+                f"{sorted(m.streams)}, or llm)"
+            )
+        if "llm" in parts and m.llm.lora is None:
+            raise ValueError(
+                "train.init_from.llm: the LLM has no LoRA weights to start from (model.llm.lora)"
+            )
+        warm = t.ctc_warmup_streams
+        named = {k for k, v in warm.items() if v > 0} if isinstance(warm, dict) else set(warm or [])
+        if named & parts:
+            raise ValueError(
+                f"train.init_from: {sorted(named & parts)} start trained; leave them out of "
+                "train.ctc_warmup_streams"
+            )
         for key in ("blank_first_steps", "blank_batches"):
             chosen = getattr(t, key) or {}
             bad = set(chosen) - set(m.modalities) if chosen else set()

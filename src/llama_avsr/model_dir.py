@@ -382,6 +382,95 @@ def load_model_dir(
     return model.to(device).eval(), exp
 
 
+#: the part of ``train.init_from`` that names the LLM's LoRA weights (the other parts are streams)
+LLM_PART = "llm"
+
+
+def _differences(a: Any, b: Any) -> list[str]:
+    """The dotted keys where two config dataclasses differ."""
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+
+    def walk(x: Any, y: Any, where: str) -> list[str]:
+        if isinstance(x, dict) and isinstance(y, dict):
+            return [d for k in sorted(set(x) | set(y)) for d in walk(x.get(k), y.get(k), f"{where}.{k}")]
+        return [] if x == y else [f"{where.lstrip('.')}: {y!r} there, {x!r} here"]
+
+    return walk(da, db, "")
+
+
+def _part_keys(model: AVSRModel, source: ExperimentConfig, part: str, where: str) -> dict[str, str]:
+    """Trainable key of ``model`` → key in the source model's weights, for one ``init_from`` part; the
+    part's configuration must be the source's (else a one-line :class:`ModelDirError`)."""
+    cfg = model.cfg
+    if part == LLM_PART:
+        diff = _differences(cfg.llm, source.model.llm)
+        if diff:
+            raise ModelDirError(f"{where}: its LLM differs from this model's ({'; '.join(diff[:3])})")
+        return {k: k for k in model.trainable_state_dict() if k.startswith("llm.")}
+    theirs = source.model.streams.get(part)
+    if theirs is None:
+        raise ModelDirError(
+            f"{where}: it has no stream {part!r} (its streams: {sorted(source.model.streams)})"
+        )
+    ours = cfg.streams[part]
+    diff = [
+        f"{key}.{d}"
+        for key in ("compression", "projector")
+        for d in _differences(getattr(ours, key), getattr(theirs, key))
+    ]
+    if ours.inputs != theirs.inputs:
+        diff.append(f"inputs: {theirs.inputs} there, {ours.inputs} here")
+    their_encoder = source.model.encoders[theirs.encoder]
+    diff += [f"encoder.{d}" for d in _differences(cfg.encoders[ours.encoder], their_encoder)]
+    if diff:
+        raise ModelDirError(f"{where}: its stream {part!r} is built differently ({'; '.join(diff[:3])})")
+    mine = f"encoders.{ours.encoder}."
+    keys = {}
+    for k in model.trainable_state_dict():
+        if k.startswith(f"projectors.{part}."):
+            keys[k] = k
+        elif k.startswith(mine):  # a trained encoder (frozen ones have no trainable weights)
+            keys[k] = f"encoders.{theirs.encoder}.{k[len(mine) :]}"
+    return keys
+
+
+def init_from_model_dirs(model: AVSRModel, sources: dict[str, str]) -> dict[str, int]:
+    """Start ``model`` from parts of trained models (``train.init_from``): ``sources`` maps a stream name
+    (its projector and, when it trains, its encoder) or ``llm`` (the LoRA weights) to a model directory
+    or hub id whose part is configured alike. Returns the tensors copied per part. Every tensor of a part
+    must be in the source with the same shape; anything else is a one-line :class:`ModelDirError`."""
+    copied: dict[str, int] = {}
+    cache: dict[str, tuple[ExperimentConfig, dict[str, torch.Tensor]]] = {}
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    for part, path in sources.items():
+        where = f"train.init_from.{part}: {path}"
+        if path not in cache:
+            root = resolve_model_dir(path)
+            if not (root / WEIGHTS).is_file():
+                raise ModelDirError(f"{where}: no {WEIGHTS} (not a model directory)")
+            cache[path] = (load_experiment(root), _read_safetensors(root / WEIGHTS))
+        source, state = cache[path]
+        keys = _part_keys(model, source, part, where)
+        if not keys:
+            raise ModelDirError(f"{where}: the part has no trainable weights in this model")
+        missing = sorted(v for v in keys.values() if v not in state)
+        if missing:
+            raise ModelDirError(f"{where}: its weights lack {_short(missing)}")
+        with torch.no_grad():
+            for mine, theirs in keys.items():
+                dst = params.get(mine, buffers.get(mine))
+                if dst is None or dst.shape != state[theirs].shape:
+                    raise ModelDirError(
+                        f"{where}: {theirs} has shape {tuple(state[theirs].shape)}, this model's "
+                        f"{mine} {None if dst is None else tuple(dst.shape)}"
+                    )
+                dst.copy_(state[theirs].to(dst.dtype))
+        copied[part] = len(keys)
+        log.info("train.init_from: %s (%d tensors) from %s", part, len(keys), path)
+    return copied
+
+
 def from_pretrained(
     name_or_path: str | Path, device: str | torch.device = "cpu", revision: str | None = None
 ) -> tuple[AVSRModel, ExperimentConfig]:

@@ -36,7 +36,7 @@ from llama_avsr.devices import resolve_precision
 from llama_avsr.errors import UserError
 from llama_avsr.io import atomic_write_json, atomic_write_with, exclusive_lock
 from llama_avsr.logs import tidy_library_loggers
-from llama_avsr.model_dir import save_model_dir
+from llama_avsr.model_dir import init_from_model_dirs, save_model_dir
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.training.config import ExperimentConfig
 from llama_avsr.training.distributed import (
@@ -464,6 +464,8 @@ def _train(exp: ExperimentConfig, resume: bool, callbacks: Sequence[Callback]) -
             scratch = Path(tempfile.mkdtemp(prefix="llama-avsr-resume-"))
             ckpt_path = str(scratch / "last.ckpt")
             torch.save(consolidate_checkpoint(last), ckpt_path)
+    if ckpt_path is None and t.init_from:  # a resumed run has these weights in its checkpoint
+        init_from_model_dirs(module.model, t.init_from)
     if ckpt_path is None and t.ctc_warmup:
         _ctc_warmup(module, exp, out)
     start = time.time()

@@ -52,6 +52,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,8 +90,9 @@ class WarmupReport:
     val_token_error_rate: dict[str, float] = field(default_factory=dict)
 
 
-def warmup_streams(model: AVSRModel, names: list[str] | None) -> list[str]:
-    """The streams to warm up: ``names``, or every stream whose encoder has no trainable parameter."""
+def warmup_streams(model: AVSRModel, names: list[str] | None, started: Iterable[str] = ()) -> list[str]:
+    """The streams to warm up: ``names``, or every stream whose encoder has no trainable parameter, but
+    not those in ``started`` (initialised from a trained model: ``train.init_from``)."""
     streams = model.cfg.streams
     if names is not None:
         unknown = set(names) - set(streams)
@@ -102,7 +104,7 @@ def warmup_streams(model: AVSRModel, names: list[str] | None) -> list[str]:
     return [
         n
         for n, s in streams.items()
-        if not any(p.requires_grad for p in model.encoders[s.encoder].parameters())
+        if n not in set(started) and not any(p.requires_grad for p in model.encoders[s.encoder].parameters())
     ]
 
 
@@ -194,7 +196,10 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
     """Fit the chosen projectors (and trainable encoders) with CTC against the LLM's input embeddings
     (module docstring)."""
     t = exp.train
-    streams = warmup_streams(model, t.ctc_warmup_streams)
+    streams = warmup_streams(model, t.ctc_warmup_streams, started=t.init_from or {})
+    if not streams and t.init_from:
+        log.info("CTC warm-up: every stream starts from a trained model (train.init_from); skipped")
+        return WarmupReport([], 0, 0, {}, 0.0)
     if not streams:
         log.warning("CTC warm-up: no stream with a frozen encoder (set train.ctc_warmup_streams); skipped")
         return WarmupReport([], 0, 0, {}, 0.0)
