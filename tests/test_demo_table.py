@@ -96,3 +96,32 @@ def test_noisy_training_mixes_babble_into_part_of_the_audio(tmp_path) -> None:
     assert 60 <= len(noisy) <= 100, len(noisy)  # 80 expected
     assert set(noisy) == {float(s) for s in data.train_snrs if s is not None} and min(noisy) <= -5
     assert torch.equal(build_pipeline("val", "audio", data)(speech.clone(), torch.Generator()), speech)
+
+
+def test_the_full_demo_avsr_model_starts_from_the_asr_and_vsr_streams(tmp_path) -> None:
+    """``demo --full`` trains ASR, VSR, then AVSR starting from their streams (train.init_from): those
+    streams are configured exactly as in their source models (what init_from checks) and not warmed up;
+    a run that did not train both first starts AVSR from scratch."""
+    from llama_avsr.commands.demo import AVSR_PARTS_FROM, DEMO_CONFIG, full_init, task_config
+    from llama_avsr.config import TASKS, load_yaml
+
+    base = load_yaml(DEMO_CONFIG)
+    assert full_init(tmp_path, "avsr", ["avsr"]) is None and full_init(tmp_path, "asr", list(TASKS)) is None
+    assert full_init(tmp_path, "avsr", ["asr", "avsr"]) is None
+    init = full_init(tmp_path, "avsr", list(TASKS))
+    vsr_dir = str(tmp_path / "vsr" / "model")
+    assert init == {"audio": str(tmp_path / "asr" / "model"), "video": vsr_dir, "llm": vsr_dir}
+    avsr = task_config(base, "avsr", tmp_path, 1.0, [], noisy=True, init_from=init)
+    assert avsr.train.init_from == init
+    assert not avsr.train.ctc_warmup and not avsr.train.warmup_aligners and not avsr.train.aligner_encoders
+    for part, task in AVSR_PARTS_FROM.items():
+        source = task_config(base, task, tmp_path, 1.0, [], noisy=True).model
+        if part == "llm":
+            assert avsr.model.llm == source.llm
+            continue
+        ours, theirs = avsr.model.streams[part], source.streams[part]
+        assert ours == theirs
+        assert avsr.model.encoders[ours.encoder] == source.encoders[theirs.encoder]
+    # a user's own recipe may also start the AVSR model's video stream alone
+    part = task_config(base, "avsr", tmp_path, 1.0, [], init_from={"video": init["video"]})
+    assert set(part.train.ctc_warmup_streams) == {"audio"} and part.train.warmup_aligners is None

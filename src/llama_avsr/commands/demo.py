@@ -9,7 +9,8 @@
    talkers differ from the training babble's (the recipe trains with babble noise on part of the audio);
 4. transcribe a raw full-face video (face detection and mouth cropping on the fly).
 
-``--full`` trains ASR, VSR and AVSR models for longer and compares them over an SNR sweep.
+``--full`` trains ASR and VSR models, then an AVSR model that starts from their audio and video streams
+(``train.init_from``), and compares the three over an SNR sweep.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ llama-avsr demo --minutes 3 train.lr=2e-3
 log = logging.getLogger(__name__)
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "avsr.yaml"
+#: ``--full``: the parts of the AVSR model that start from the ASR / VSR models (``train.init_from``)
+#: (the LoRA from the VSR model: the LLM then already reads the lips, and learns to read the audio tokens,
+#: which the ASR model's projector has put where the LLM reads them, far faster; on the validation split,
+#: 300 steps: 15.6 % at 0 dB against 20.1 % with a fresh LoRA — docs/results.md, ninth round)
+AVSR_PARTS_FROM = {"audio": "asr", "video": "vsr", "llm": "vsr"}
+#: ``--full``: the AVSR model's training budget when it starts from them (minutes)
+AVSR_FROM_STREAMS_MINUTES = 10.0
 #: the label of the AVSR model evaluated with its video blanked (the default demo's audio-only reference)
 VIDEO_BLANKED = "avsr-video-blanked"
 
@@ -50,8 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="training budget per model in minutes, after the CTC warm-ups (about 7.5 minutes for "
-        "demo/avsr on 2 cores) (default: the recipe's train.max_minutes, 9 for demo/avsr; 15 with --full: "
-        "3 models: 63.8 min in all on a 2-core Intel Xeon with AMX, 2026-12-07)",
+        "demo/avsr on 2 cores) (default: the recipe's train.max_minutes, 9 for demo/avsr; with --full 15 for "
+        "ASR and VSR and 10 for the AVSR model, which starts from their streams)",
     )
     p.add_argument("--train", type=int, default=1200, help="training utterances to synthesise")
     p.add_argument(
@@ -74,18 +82,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def task_config(
-    base: dict[str, Any], task: str, out: Path, minutes: float, overrides: list[str], noisy: bool = False
+    base: dict[str, Any],
+    task: str,
+    out: Path,
+    minutes: float,
+    overrides: list[str],
+    noisy: bool = False,
+    init_from: dict[str, str] | None = None,
 ) -> Any:
     """The demo config cut down to ``task``'s streams. ``noisy``: augment the audio in training (babble
     noise at the recipe's ``data.train_snrs``) even if the recipe does not (``--full``, which compares the
     modalities in noise; demo/avsr already does, in ``data.augment_variants`` fixed variants per utterance
-    so that the frozen audio encoder's features are cached). The video's augmentation stays the recipe's."""
+    so that the frozen audio encoder's features are cached). The video's augmentation stays the recipe's.
+    ``init_from``: parts (streams, ``llm``) that start from trained model directories
+    (``train.init_from``); those streams are not warmed up."""
     from llama_avsr.config import TASKS, apply_overrides
     from llama_avsr.experiment import ExperimentConfig
 
     d = copy.deepcopy(base)
     if noisy:
         d["data"]["train_augment"] = sorted({*d["data"].get("train_augment", []), "audio"})
+    if init_from:
+        d["train"]["init_from"] = {**(d["train"].get("init_from") or {}), **init_from}
     # the streams that read only the task's modalities (config.TASKS: modalities are data)
     streams = d["model"]["streams"]
     keep = [k for k, s in streams.items() if set(s["inputs"]) <= set(TASKS[task])]
@@ -96,9 +114,12 @@ def task_config(
         d["train"].pop("blank_batches", None)
     if "video" not in TASKS[task]:  # no video is loaded: nothing to cache
         d["data"].pop("video_cache_mb", None)
+    started = set(d["train"].get("init_from") or {})
     warm = d["train"].get("ctc_warmup_streams")
-    if isinstance(warm, dict):  # per-stream warm-up epochs: only the streams this task keeps
-        d["train"]["ctc_warmup_streams"] = {k: v for k, v in warm.items() if k in keep}
+    if isinstance(warm, dict):  # per-stream warm-up epochs: only the streams this task keeps and trains
+        d["train"]["ctc_warmup_streams"] = {k: v for k, v in warm.items() if k in keep and k not in started}
+    elif isinstance(warm, list):
+        d["train"]["ctc_warmup_streams"] = [k for k in warm if k in keep and k not in started]
     aligners = d["train"].get("warmup_aligners") or {}
     # a VSR model aligns its lip targets on the soundtrack with the dropped audio stream's encoder,
     # built for the warm-up alone (train.aligner_encoders); the model itself reads no audio
@@ -119,13 +140,28 @@ def task_config(
                 if key == "warmup_aligners"
                 else set(keep)
             )
-            d["train"][key] = {k: v for k, v in teachers.items() if k in keep and v in fine} or None
+            d["train"][key] = {
+                k: v for k, v in teachers.items() if k in keep and k not in started and v in fine
+            } or None
+    if d["train"].get("aligner_encoders"):  # only the alignment encoders a kept warm-up still uses
+        used_aligners = set((d["train"].get("warmup_aligners") or {}).values())
+        d["train"]["aligner_encoders"] = {
+            k: v for k, v in d["train"]["aligner_encoders"].items() if k in used_aligners
+        } or None
     used = {s["encoder"] for s in d["model"]["streams"].values()}
     d["model"]["encoders"] = {k: v for k, v in d["model"]["encoders"].items() if k in used}
     d["data"]["root"] = str(out / "corpus")
     d["train"]["out_dir"] = str(out / task)
     d["train"]["max_minutes"] = minutes
     return ExperimentConfig.from_dict(apply_overrides(d, overrides))
+
+
+def full_init(out: Path, task: str, tasks: list[str]) -> dict[str, str] | None:
+    """``train.init_from`` of ``task`` in a run that trains ``tasks`` in order: the AVSR model starts from
+    the ASR model's audio stream and the VSR model's video stream when both were trained before it."""
+    if task != "avsr" or not {"asr", "vsr"} <= set(tasks[: tasks.index(task)]):
+        return None
+    return {k: str(out / v / "model") for k, v in AVSR_PARTS_FROM.items()}
 
 
 def demo_overrides(n_val: int, overrides: list[str]) -> list[str]:
@@ -181,14 +217,21 @@ def run(args: argparse.Namespace) -> int:
     summaries: dict[str, Any] = {}
     speeds: dict[str, Any] = {}
     for i, task in enumerate(tasks):
-        exp = task_config(base, task, out, minutes, overrides, noisy=args.full)
+        # --full: the AVSR model starts from the streams of the ASR and VSR models trained just before
+        # (audio-visual systems start from encoders trained on one modality), so it trains for less
+        init = full_init(out, task, tasks)
+        budget = args.minutes or (AVSR_FROM_STREAMS_MINUTES if init else minutes)
+        exp = task_config(base, task, out, budget, overrides, noisy=args.full, init_from=init)
         exp.train.seed = args.seed
         log.warning(
-            "[2/4] training %s (%d/%d) for up to %.0f min → %s",
+            "[2/4] training %s (%d/%d) for up to %.0f min%s → %s",
             task.upper(),
             i + 1,
             len(tasks),
-            minutes,
+            budget,
+            f", starting from {', '.join(f'{k} of {Path(v).parent.name.upper()}' for k, v in init.items())}"
+            if init
+            else "",
             exp.train.out_dir,
         )
         model_dir = train(exp)
