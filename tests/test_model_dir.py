@@ -407,6 +407,20 @@ def test_init_from_is_checked_against_the_model_and_the_warm_up(trained):
                 "train": {"init_from": {"video": str(path)}, "ctc_warmup_streams": {"video": 2, "audio": 1}},
             }
         )
+    with pytest.raises(
+        ConfigError,
+        match=r"\['video'\] start trained and are not warmed up; leave them out of train.warmup_aligners",
+    ):
+        ExperimentConfig.from_dict(
+            {
+                **base,
+                "train": {
+                    "init_from": {"video": str(path)},
+                    "ctc_warmup_rate": "encoder",
+                    "warmup_aligners": {"video": "audio"},
+                },
+            }
+        )
     # a warm-up of 0 epochs is no warm-up
     ExperimentConfig.from_dict(
         {**base, "train": {"init_from": {"video": str(path)}, "ctc_warmup_streams": {"video": 0}}}

@@ -379,6 +379,13 @@ class ExperimentConfig:
                 f"train.init_from: {sorted(named & parts)} start trained; leave them out of "
                 "train.ctc_warmup_streams"
             )
+        for key in ("warmup_teachers", "warmup_token_teachers", "warmup_aligners"):
+            students = set(getattr(t, key) or {}) & parts
+            if students:
+                raise ValueError(
+                    f"train.init_from: {sorted(students)} start trained and are not warmed up; leave "
+                    f"them out of train.{key}"
+                )
         for key in ("blank_first_steps", "blank_batches"):
             chosen = getattr(t, key) or {}
             bad = set(chosen) - set(m.modalities) if chosen else set()
