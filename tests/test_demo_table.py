@@ -98,22 +98,36 @@ def test_noisy_training_mixes_babble_into_part_of_the_audio(tmp_path) -> None:
     assert torch.equal(build_pipeline("val", "audio", data)(speech.clone(), torch.Generator()), speech)
 
 
-def test_the_full_demo_avsr_model_starts_from_the_asr_and_vsr_streams(tmp_path) -> None:
-    """``demo --full`` trains ASR, VSR, then AVSR starting from their streams (train.init_from): those
-    streams are configured exactly as in their source models (what init_from checks) and not warmed up;
-    a run that did not train both first starts AVSR from scratch."""
-    from llama_avsr.commands.demo import AVSR_PARTS_FROM, DEMO_CONFIG, full_init, task_config
+def test_the_demo_avsr_model_starts_from_the_streams_trained_before_it(tmp_path) -> None:
+    """The demo trains VSR then AVSR (``--full``: ASR, VSR, AVSR); the AVSR model starts from the parts of
+    those trained before it (train.init_from), configured exactly as in their source models (what
+    init_from checks), and does not warm them up."""
+    from llama_avsr.commands.demo import (
+        AVSR_PARTS_FROM,
+        DEMO_CONFIG,
+        MINUTES_DEFAULT,
+        MINUTES_FULL,
+        TASKS_DEFAULT,
+        TASKS_FULL,
+        stage_init,
+        task_config,
+    )
     from llama_avsr.config import TASKS, load_yaml
 
+    assert set(TASKS_FULL) == set(TASKS) and TASKS_FULL[-1] == TASKS_DEFAULT[-1] == "avsr"
+    assert set(MINUTES_FULL) == set(TASKS_FULL) and set(MINUTES_DEFAULT) == set(TASKS_DEFAULT)
     base = load_yaml(DEMO_CONFIG)
-    assert full_init(tmp_path, "avsr", ["avsr"]) is None and full_init(tmp_path, "asr", list(TASKS)) is None
-    assert full_init(tmp_path, "avsr", ["asr", "avsr"]) is None
-    init = full_init(tmp_path, "avsr", list(TASKS))
-    vsr_dir = str(tmp_path / "vsr" / "model")
-    assert init == {"audio": str(tmp_path / "asr" / "model"), "video": vsr_dir, "llm": vsr_dir}
+    vsr_dir, asr_dir = str(tmp_path / "vsr" / "model"), str(tmp_path / "asr" / "model")
+    assert stage_init(tmp_path, "avsr", []) is None and stage_init(tmp_path, "vsr", ["asr"]) is None
+    assert stage_init(tmp_path, "avsr", ["vsr"]) == {"video": vsr_dir, "llm": vsr_dir}
+    init = stage_init(tmp_path, "avsr", ["asr", "vsr"])
+    assert init == {"audio": asr_dir, "video": vsr_dir, "llm": vsr_dir}
     avsr = task_config(base, "avsr", tmp_path, 1.0, [], noisy=True, init_from=init)
     assert avsr.train.init_from == init
     assert not avsr.train.ctc_warmup and not avsr.train.warmup_aligners and not avsr.train.aligner_encoders
+    # the default demo: the audio stream is warmed up, the video stream (from the VSR model) is not
+    staged = task_config(base, "avsr", tmp_path, 1.0, [], init_from=stage_init(tmp_path, "avsr", ["vsr"]))
+    assert set(staged.train.ctc_warmup_streams) == {"audio"} and staged.train.warmup_aligners is None
     for part, task in AVSR_PARTS_FROM.items():
         source = task_config(base, task, tmp_path, 1.0, [], noisy=True).model
         if part == "llm":
@@ -122,6 +136,3 @@ def test_the_full_demo_avsr_model_starts_from_the_asr_and_vsr_streams(tmp_path) 
         ours, theirs = avsr.model.streams[part], source.streams[part]
         assert ours == theirs
         assert avsr.model.encoders[ours.encoder] == source.encoders[theirs.encoder]
-    # a user's own recipe may also start the AVSR model's video stream alone
-    part = task_config(base, "avsr", tmp_path, 1.0, [], init_from={"video": init["video"]})
-    assert set(part.train.ctc_warmup_streams) == {"audio"} and part.train.warmup_aligners is None

@@ -425,6 +425,11 @@ def test_real_demo_configuration_runs_a_few_steps(tmp_path, capsys):
     assert "Llama-AVSR demo results" in out and "raw video" in out
     res = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
     assert set(res["wer"]["avsr"]) == {"clean", "0"}
+    # two stages: a VSR model, then the AVSR model starting from its video stream and LoRA
+    assert set(res["training"]) == {"vsr", "avsr"} and "vsr" in res["wer"]
+    vsr = str(tmp_path / "demo" / "vsr" / "model")
+    config = json.loads((tmp_path / "demo" / "avsr" / "model" / "config.json").read_text())
+    assert config["train"]["init_from"] == {"video": vsr, "llm": vsr}
     # validated on the validation split (the final weights, step 3), which chose the model
     training = res["training"]["avsr"]
     assert [v["step"] for v in training["val_wer"]] == [3]

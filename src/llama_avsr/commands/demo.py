@@ -2,15 +2,18 @@
 
 1. synthesise a small audio-visual corpus (espeak-ng voices + rendered lips, LRS3 layout);
 2. train an AVSR model: Whisper tiny.en (frozen) + a light lip-reading encoder trained from scratch +
-   SmolLM2-135M with LoRA (configs/demo/avsr.yaml), validated on the validation split (greedy WER,
-   logged as val/wer), whose lowest-WER weights become the final model (train.select: best_val_wer);
+   SmolLM2-135M with LoRA (configs/demo/avsr.yaml), in two stages: a VSR model first (the video stream
+   and LoRA alone, its lip encoder's frame targets aligned on the soundtrack), then the AVSR model starting
+   from its video stream and LoRA (train.init_from), so that the LLM has learnt to read the lips before
+   the audio, which it reads far more easily, arrives; each validated on the validation split (greedy WER,
+   logged as val/wer), whose lowest-WER weights become the model (train.select: best_val_wer);
 3. evaluate on the test split (sentences never seen in training, spoken by training voices and by two
    held-out voices; WER overall, on seen and on held-out voices), clean and in babble noise whose
    talkers differ from the training babble's (the recipe trains with babble noise on part of the audio);
 4. transcribe a raw full-face video (face detection and mouth cropping on the fly).
 
-``--full`` trains ASR and VSR models, then an AVSR model that starts from their audio and video streams
-(``train.init_from``), and compares the three over an SNR sweep.
+``--full`` trains ASR and VSR models longer, then an AVSR model that starts from their audio and video
+streams (and the VSR model's LoRA), and compares the three over an SNR sweep.
 """
 
 from __future__ import annotations
@@ -35,13 +38,22 @@ llama-avsr demo --minutes 3 train.lr=2e-3
 log = logging.getLogger(__name__)
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "avsr.yaml"
-#: ``--full``: the parts of the AVSR model that start from the ASR / VSR models (``train.init_from``)
-#: (the LoRA from the VSR model: the LLM then already reads the lips, and learns to read the audio tokens,
-#: which the ASR model's projector has put where the LLM reads them, far faster; on the validation split,
-#: 300 steps: 15.6 % at 0 dB against 20.1 % with a fresh LoRA — docs/results.md, ninth round)
+#: the models each demo trains, in order: the AVSR model starts from the streams of those trained before it
+#: (``train.init_from``; audio-visual systems start from encoders trained on one modality): the default
+#: demo trains a VSR model first, then the AVSR model from its video stream and LoRA; ``--full`` an ASR
+#: model too, whose audio stream the AVSR model starts from
+TASKS_DEFAULT = ("vsr", "avsr")
+TASKS_FULL = ("asr", "vsr", "avsr")
+#: the parts of the AVSR model that start from the ASR / VSR models, when trained before it. The LoRA comes
+#: from the VSR model: the LLM then already reads the lips and learns to read the audio tokens far faster
+#: than a fresh LoRA learns the lips (validation split, 300 steps from the ASR and VSR models of a
+#: ``--full`` run: 15.6 % WER at 0 dB against 20.1 % with a fresh LoRA; docs/results.md, ninth round)
 AVSR_PARTS_FROM = {"audio": "asr", "video": "vsr", "llm": "vsr"}
-#: ``--full``: the AVSR model's training budget when it starts from them (minutes)
-AVSR_FROM_STREAMS_MINUTES = 10.0
+#: training minutes per model (``--minutes`` sets every one): the default demo's 9 minutes (the recipe's
+#: ``train.max_minutes`` before staging) split between the VSR stage and the AVSR model, which has the audio
+#: to learn; ``--full``'s AVSR model starts from two trained streams and trains for less
+MINUTES_DEFAULT = {"vsr": 4.0, "avsr": 5.0}
+MINUTES_FULL = {"asr": 15.0, "vsr": 15.0, "avsr": 10.0}
 #: the label of the AVSR model evaluated with its video blanked (the default demo's audio-only reference)
 VIDEO_BLANKED = "avsr-video-blanked"
 
@@ -57,9 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--minutes",
         type=float,
         default=None,
-        help="training budget per model in minutes, after the CTC warm-ups (about 7.5 minutes for "
-        "demo/avsr on 2 cores) (default: the recipe's train.max_minutes, 9 for demo/avsr; with --full 15 for "
-        "ASR and VSR and 10 for the AVSR model, which starts from their streams)",
+        help="training minutes of every model, after its warm-ups (default: VSR 4 then AVSR 5; with --full "
+        "ASR 15, VSR 15, AVSR 10; the recipe's train.max_minutes is not used, a train.max_minutes= override "
+        "is)",
     )
     p.add_argument("--train", type=int, default=1200, help="training utterances to synthesise")
     p.add_argument(
@@ -156,12 +168,12 @@ def task_config(
     return ExperimentConfig.from_dict(apply_overrides(d, overrides))
 
 
-def full_init(out: Path, task: str, tasks: list[str]) -> dict[str, str] | None:
-    """``train.init_from`` of ``task`` in a run that trains ``tasks`` in order: the AVSR model starts from
-    the ASR model's audio stream and the VSR model's video stream when both were trained before it."""
-    if task != "avsr" or not {"asr", "vsr"} <= set(tasks[: tasks.index(task)]):
+def stage_init(out: Path, task: str, before: list[str]) -> dict[str, str] | None:
+    """``train.init_from`` of ``task`` after the models ``before`` were trained into ``out``: the AVSR model
+    starts from each part of :data:`AVSR_PARTS_FROM` whose source model was trained."""
+    if task != "avsr":
         return None
-    return {k: str(out / v / "model") for k, v in AVSR_PARTS_FROM.items()}
+    return {k: str(out / v / "model") for k, v in AVSR_PARTS_FROM.items() if v in before} or None
 
 
 def demo_overrides(n_val: int, overrides: list[str]) -> list[str]:
@@ -172,7 +184,7 @@ def demo_overrides(n_val: int, overrides: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llama_avsr.config import TASKS, find_recipe, load_yaml
+    from llama_avsr.config import find_recipe, load_yaml
     from llama_avsr.evaluation.run import evaluate_model_dir, parse_snrs, plot_wer_vs_snr, results_table
     from llama_avsr.io import atomic_write_json
     from llama_avsr.synth.corpus import MANIFEST, SynthConfig, generate
@@ -210,17 +222,15 @@ def run(args: argparse.Namespace) -> int:
         manifest = generate(scfg)
 
     base = load_yaml(find_recipe(args.config))
-    minutes = args.minutes or (15.0 if args.full else float(base["train"]["max_minutes"]))
-    tasks = list(TASKS) if args.full else ["avsr"]
+    tasks = list(TASKS_FULL if args.full else TASKS_DEFAULT)
+    minutes = MINUTES_FULL if args.full else MINUTES_DEFAULT
     overrides = demo_overrides(args.val, args.overrides)
     snrs = parse_snrs(args.snr or ("clean,10,5,0,-5" if args.full else "clean,0"))
     summaries: dict[str, Any] = {}
     speeds: dict[str, Any] = {}
     for i, task in enumerate(tasks):
-        # --full: the AVSR model starts from the streams of the ASR and VSR models trained just before
-        # (audio-visual systems start from encoders trained on one modality), so it trains for less
-        init = full_init(out, task, tasks)
-        budget = args.minutes or (AVSR_FROM_STREAMS_MINUTES if init else minutes)
+        init = stage_init(out, task, tasks[:i])
+        budget = args.minutes or minutes[task]
         exp = task_config(base, task, out, budget, overrides, noisy=args.full, init_from=init)
         exp.train.seed = args.seed
         log.warning(
