@@ -390,38 +390,13 @@ def test_init_from_refuses_parts_built_differently(trained, tokenizer, tmp_path)
         init_from_model_dirs(other, {"llm": str(path)})
 
 
-def test_init_from_is_checked_against_the_model_and_the_warm_up(trained):
+def test_init_from_names_parts_of_the_model(trained):
     _, path = trained
     base = {"model": dataclasses.asdict(model_cfg())}
     ok = ExperimentConfig.from_dict({**base, "train": {"init_from": {"video": str(path), "llm": str(path)}}})
     assert ok.train.init_from == {"video": str(path), "llm": str(path)}
     with pytest.raises(ConfigError, match=r"train.init_from: \['lips'\] are not parts of the model"):
         ExperimentConfig.from_dict({**base, "train": {"init_from": {"lips": str(path)}}})
-    with pytest.raises(
-        ConfigError,
-        match=r"train.init_from: \['video'\] start trained; leave them out of train.ctc_warmup_streams",
-    ):
-        ExperimentConfig.from_dict(
-            {
-                **base,
-                "train": {"init_from": {"video": str(path)}, "ctc_warmup_streams": {"video": 2, "audio": 1}},
-            }
-        )
-    with pytest.raises(
-        ConfigError,
-        match=r"\['video'\] start trained and are not warmed up; leave them out of train.warmup_aligners",
-    ):
-        ExperimentConfig.from_dict(
-            {
-                **base,
-                "train": {
-                    "init_from": {"video": str(path)},
-                    "ctc_warmup_rate": "encoder",
-                    "warmup_aligners": {"video": "audio"},
-                },
-            }
-        )
-    # a warm-up of 0 epochs is no warm-up
-    ExperimentConfig.from_dict(
-        {**base, "train": {"init_from": {"video": str(path)}, "ctc_warmup_streams": {"video": 0}}}
-    )
+    with pytest.raises(ConfigError, match=r"train.init_from.llm: the LLM has no LoRA weights"):
+        no_lora = {**base["model"], "llm": {**base["model"]["llm"], "lora": None}}
+        ExperimentConfig.from_dict({"model": no_lora, "train": {"init_from": {"llm": str(path)}}})

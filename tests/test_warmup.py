@@ -670,9 +670,9 @@ def test_alignment_encoder_settings_are_checked(corpus, tmp_path, settings, mess
         encoder_rate_exp(corpus, tmp_path, *VIDEO_ONLY, "train.ctc_warmup_streams={video: 1}", *settings)
 
 
-def test_a_run_starts_from_trained_parts_and_does_not_warm_them_up(corpus, tmp_path):
+def test_a_run_starts_from_trained_parts_and_does_not_warm_them_up(corpus, tmp_path, caplog):
     """train.init_from: every part starts from the source model (with lr 0 the weights stay the
-    source's), and the initialised audio stream is left out of the CTC warm-up."""
+    source's); the initialised audio stream is left out of the CTC warm-up that names it, with a warning."""
     from safetensors.torch import load_file
 
     first = tmp_path / "first"
@@ -680,9 +680,12 @@ def test_a_run_starts_from_trained_parts_and_does_not_warm_them_up(corpus, tmp_p
     src = first / "model"
     second = tmp_path / "second"
     parts = f"train.init_from={{audio: {src}, video: {src}, llm: {src}}}"
-    run = [*overrides(corpus, second), parts, "train.ctc_warmup_epochs=2", "train.lr=0", "train.max_steps=2"]
-    assert main(["train", "--config", str(TINY), *run]) == 0
+    warm = "train.ctc_warmup_streams={audio: 2}"
+    run = [*overrides(corpus, second), parts, warm, "train.lr=0", "train.max_steps=2"]
+    with caplog.at_level("WARNING", logger="llama_avsr.training.warmup"):
+        assert main(["train", "--config", str(TINY), *run]) == 0
     assert json.loads((second / "ctc_warmup.json").read_text())["streams"] == []
+    assert "audio start from trained models (train.init_from): not warmed up" in caplog.text
     a, b = (
         load_file(str(src / "trainable.safetensors")),
         load_file(str(second / "model" / "trainable.safetensors")),

@@ -148,8 +148,10 @@ class TrainConfig:
         when it trains, its encoder) or ``llm`` (the LoRA weights): ``{video: runs/vsr/model, audio:
         runs/asr/model}`` starts an AVSR model from a VSR and an ASR model, as audio-visual systems start
         from encoders trained on one modality. Each part must be configured as in its source (a one-line
-        error names the difference). An initialised stream is left out of the CTC warm-up (naming it in
-        ``ctc_warmup_streams`` is an error). A resumed run takes its weights from its checkpoint.
+        error names the difference). An initialised stream is not warmed up: the CTC warm-up and its
+        teachers and aligners skip it (with a warning when ``ctc_warmup_streams`` names it), so a recipe
+        with warm-ups (``demo/avsr``) starts from a VSR model with ``init_from`` alone. A resumed run takes
+        its weights from its checkpoint.
     task_sampling: for a multi-task model (``model.tasks``): ``batch`` — one task per batch;
         ``utterance`` — one per utterance; ``all`` — every task on every utterance (Omni-AVSR), weighted
         by ``task_weights`` (``training/objective.py``).
@@ -372,20 +374,6 @@ class ExperimentConfig:
             raise ValueError(
                 "train.init_from.llm: the LLM has no LoRA weights to start from (model.llm.lora)"
             )
-        warm = t.ctc_warmup_streams
-        named = {k for k, v in warm.items() if v > 0} if isinstance(warm, dict) else set(warm or [])
-        if named & parts:
-            raise ValueError(
-                f"train.init_from: {sorted(named & parts)} start trained; leave them out of "
-                "train.ctc_warmup_streams"
-            )
-        for key in ("warmup_teachers", "warmup_token_teachers", "warmup_aligners"):
-            students = set(getattr(t, key) or {}) & parts
-            if students:
-                raise ValueError(
-                    f"train.init_from: {sorted(students)} start trained and are not warmed up; leave "
-                    f"them out of train.{key}"
-                )
         for key in ("blank_first_steps", "blank_batches"):
             chosen = getattr(t, key) or {}
             bad = set(chosen) - set(m.modalities) if chosen else set()

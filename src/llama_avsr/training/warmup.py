@@ -196,7 +196,14 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
     """Fit the chosen projectors (and trainable encoders) with CTC against the LLM's input embeddings
     (module docstring)."""
     t = exp.train
-    streams = warmup_streams(model, t.ctc_warmup_streams, started=t.init_from or {})
+    started = set(t.init_from or {})
+    named = warmup_streams(model, t.ctc_warmup_streams) if t.ctc_warmup_streams is not None else []
+    skipped = [n for n in named if n in started and stream_epochs(t, n) > 0]
+    if skipped:
+        log.warning(
+            "CTC warm-up: %s start from trained models (train.init_from): not warmed up", ", ".join(skipped)
+        )
+    streams = [n for n in warmup_streams(model, t.ctc_warmup_streams, started) if n not in started]
     if not streams and t.init_from:
         log.info("CTC warm-up: every stream starts from a trained model (train.init_from); skipped")
         return WarmupReport([], 0, 0, {}, 0.0)
