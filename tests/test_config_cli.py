@@ -150,6 +150,7 @@ def test_field_docs_reads_docstring_entries_and_comments():
         ("train.epochs=ten", "train.epochs: expected int, got 'ten'"),
         ("train.eval_at_end=3", "train.eval_at_end: expected bool, got 3"),
         ("train.lr=[1", "override 'train.lr=[1': the value is not valid YAML"),
+        ("data.modality_dropout={[audio]: 0.1}", "the value is not valid YAML (found unhashable key"),
         (
             "data.modality_dropout={audio: 0.1, audio: 0.2}",
             "the value is not valid YAML (key 'audio' is written twice (line 1))",

@@ -117,16 +117,16 @@ def test_the_demo_avsr_model_starts_from_the_streams_trained_before_it(tmp_path)
     assert set(TASKS_FULL) == set(TASKS) and TASKS_FULL[-1] == TASKS_DEFAULT[-1] == "avsr"
     assert set(MINUTES_FULL) == set(TASKS_FULL) and set(MINUTES_DEFAULT) == set(TASKS_DEFAULT)
     base = load_yaml(DEMO_CONFIG)
-    vsr_dir, asr_dir = str(tmp_path / "vsr" / "model"), str(tmp_path / "asr" / "model")
-    assert stage_init(tmp_path, "avsr", []) is None and stage_init(tmp_path, "vsr", ["asr"]) is None
-    assert stage_init(tmp_path, "avsr", ["vsr"]) == {"video": vsr_dir, "llm": vsr_dir}
-    init = stage_init(tmp_path, "avsr", ["asr", "vsr"])
-    assert init == {"audio": asr_dir, "video": vsr_dir, "llm": vsr_dir}
+    vsr_dir, asr_dir = tmp_path / "vsr" / "model", tmp_path / "asr" / "model"
+    assert stage_init("avsr", {}) is None and stage_init("vsr", {"asr": asr_dir}) is None
+    assert stage_init("avsr", {"vsr": vsr_dir}) == {"video": str(vsr_dir), "llm": str(vsr_dir)}
+    init = stage_init("avsr", {"asr": asr_dir, "vsr": vsr_dir})
+    assert init == {"audio": str(asr_dir), "video": str(vsr_dir), "llm": str(vsr_dir)}
     avsr = task_config(base, "avsr", tmp_path, 1.0, [], noisy=True, init_from=init)
     assert avsr.train.init_from == init
     assert not avsr.train.ctc_warmup and not avsr.train.warmup_aligners and not avsr.train.aligner_encoders
     # the default demo: the audio stream is warmed up, the video stream (from the VSR model) is not
-    staged = task_config(base, "avsr", tmp_path, 1.0, [], init_from=stage_init(tmp_path, "avsr", ["vsr"]))
+    staged = task_config(base, "avsr", tmp_path, 1.0, [], init_from=stage_init("avsr", {"vsr": vsr_dir}))
     assert set(staged.train.ctc_warmup_streams) == {"audio"} and staged.train.warmup_aligners is None
     for part, task in AVSR_PARTS_FROM.items():
         source = task_config(base, task, tmp_path, 1.0, [], noisy=True).model
@@ -136,3 +136,24 @@ def test_the_demo_avsr_model_starts_from_the_streams_trained_before_it(tmp_path)
         ours, theirs = avsr.model.streams[part], source.streams[part]
         assert ours == theirs
         assert avsr.model.encoders[ours.encoder] == source.encoders[theirs.encoder]
+
+
+def test_demo_overrides_apply_to_the_whole_recipe_before_each_stage_is_cut_from_it(tmp_path) -> None:
+    """An override of the audio stream holds for the models that read audio and is dropped with the
+    stream for the VSR model; a user's train.init_from=null trains the AVSR model from scratch, with the
+    recipe's warm-ups; the demo's output paths and minutes yield to the user's overrides."""
+    from llama_avsr.commands.demo import DEMO_CONFIG, stage_init, task_config
+    from llama_avsr.config import load_yaml
+
+    base = load_yaml(DEMO_CONFIG)
+    ratio = ["model.streams.audio.compression.ratio=6"]
+    assert "audio" not in task_config(base, "vsr", tmp_path, 1.0, ratio).model.streams
+    init = stage_init("avsr", {"vsr": tmp_path / "vsr" / "model"})
+    avsr = task_config(base, "avsr", tmp_path, 1.0, ratio, init_from=init)
+    assert avsr.model.streams["audio"].compression.ratio == 6 and avsr.train.init_from == init
+    scratch = task_config(base, "avsr", tmp_path, 1.0, ["train.init_from=null"], init_from=init)
+    assert scratch.train.init_from is None
+    assert scratch.train.ctc_warmup_streams == base["train"]["ctc_warmup_streams"]
+    assert scratch.train.warmup_aligners == base["train"]["warmup_aligners"]
+    mine = task_config(base, "asr", tmp_path, 1.0, ["train.max_minutes=2.5", "train.init_from={video: x}"])
+    assert mine.train.max_minutes == 2.5 and mine.train.init_from is None

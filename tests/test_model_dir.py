@@ -323,7 +323,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_init_from_copies_the_named_parts_and_nothing_else(trained, tokenizer):
     source, path = trained
-    torch.manual_seed(5)
+    torch.manual_seed(0)  # the tiny models' frozen weights are random: the source's seed
     model = AVSRModel(model_cfg(), tokenizer=tokenizer)
     before = {p: _state(model, p) for p in ("projectors.audio.", "llm.", "encoders.avhubert.")}
     copied = init_from_model_dirs(model, {"video": str(path)})
@@ -349,6 +349,13 @@ def test_init_from_a_model_with_other_streams_and_encoder_names(trained, tokeniz
     d["encoders"] = {"lips": d["encoders"]["avhubert"]}
     d["streams"] = {"video": {**d["streams"]["video"], "encoder": "lips"}}
     model = AVSRModel(from_dict(ModelConfig, d), tokenizer=tokenizer)
+    # the same random frozen LLM and lip encoder as the source's (built differently, the seed alone
+    # does not give them)
+    with torch.no_grad():
+        theirs_frozen = dict(source.named_parameters())
+        for k, p in model.named_parameters():
+            if not p.requires_grad:
+                p.copy_(theirs_frozen[k.replace("encoders.lips.", "encoders.avhubert.")])
     init_from_model_dirs(model, {"video": str(path)})
     ours = _state(model, "encoders.lips.")
     theirs = _state(source, "encoders.avhubert.")
@@ -356,6 +363,15 @@ def test_init_from_a_model_with_other_streams_and_encoder_names(trained, tokeniz
         {k.replace("encoders.lips.", "encoders.avhubert."): v for k, v in ours.items()}, theirs
     )
     assert _same(_state(model, "projectors.video."), _state(source, "projectors.video."))
+
+
+def test_init_from_refuses_parts_trained_on_other_random_frozen_weights(trained, tokenizer):
+    """A projector or LoRA trained against a random frozen LLM or encoder means nothing on another one."""
+    _, path = trained
+    torch.manual_seed(5)
+    model = AVSRModel(model_cfg(), tokenizer=tokenizer)
+    with pytest.raises(ModelDirError, match=r"llm has random frozen weights \(source: null\) that differ"):
+        init_from_model_dirs(model, {"video": str(path)})
 
 
 def test_init_from_refuses_parts_built_differently(trained, tokenizer, tmp_path):

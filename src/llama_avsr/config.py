@@ -564,6 +564,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:  # a list as a key: the base loader reports it
+                continue
             if key in seen:
                 where = f"lines {seen[key]} and {line}" if line != seen[key] else f"line {line}"
                 raise yaml.constructor.ConstructorError(problem=f"key {key!r} is written twice ({where})")

@@ -386,26 +386,59 @@ def load_model_dir(
 LLM_PART = "llm"
 
 
+#: config fields that change how weights are stored or run, not what they are: ``init_from`` ignores them
+_NOT_WEIGHTS = ("dtype", "train_mode", "gradient_checkpointing", "attn_implementation", "dropout")
+
+
 def _differences(a: Any, b: Any) -> list[str]:
-    """The dotted keys where two config dataclasses differ."""
+    """The dotted keys where two config dataclasses differ in what their weights mean."""
     da, db = dataclasses.asdict(a), dataclasses.asdict(b)
 
     def walk(x: Any, y: Any, where: str) -> list[str]:
         if isinstance(x, dict) and isinstance(y, dict):
-            return [d for k in sorted(set(x) | set(y)) for d in walk(x.get(k), y.get(k), f"{where}.{k}")]
+            keys = sorted((set(x) | set(y)) - set(_NOT_WEIGHTS))
+            return [d for k in keys for d in walk(x.get(k), y.get(k), f"{where}.{k}")]
         return [] if x == y else [f"{where.lstrip('.')}: {y!r} there, {x!r} here"]
 
     return walk(da, db, "")
 
 
-def _part_keys(model: AVSRModel, source: ExperimentConfig, part: str, where: str) -> dict[str, str]:
+def _check_random_base(
+    model: AVSRModel, frozen: dict[str, torch.Tensor] | None, mine: str, theirs: str, where: str
+) -> None:
+    """A part trained on a component with random frozen weights (``source: null``: tests, from-scratch
+    builds) only fits a model whose component has the same random weights (the same seed): compare the
+    frozen parameters under prefix ``mine`` here with ``theirs`` in the source's frozen tensors."""
+    if frozen is None:
+        raise ModelDirError(f"{where}: no {FROZEN}, and {mine.rstrip('.')} has random frozen weights here")
+    for key, p in model.named_parameters():
+        if p.requires_grad or not key.startswith(mine):
+            continue
+        t = frozen.get(theirs + key[len(mine) :])
+        if t is not None and t.shape == p.shape and not torch.equal(t.to(p.dtype), p.detach().cpu()):
+            raise ModelDirError(
+                f"{where}: {mine.rstrip('.')} has random frozen weights (source: null) that differ from the "
+                f"source's ({key}): build both with the same seed, or give it a source"
+            )
+
+
+def _part_keys(
+    model: AVSRModel,
+    source: ExperimentConfig,
+    part: str,
+    where: str,
+    frozen: dict[str, torch.Tensor] | None,
+) -> dict[str, str]:
     """Trainable key of ``model`` → key in the source model's weights, for one ``init_from`` part; the
-    part's configuration must be the source's (else a one-line :class:`ModelDirError`)."""
+    part's configuration must be the source's (else a one-line :class:`ModelDirError`), and so must the
+    random frozen weights it was trained on, if any (``frozen``: the source's frozen tensors)."""
     cfg = model.cfg
     if part == LLM_PART:
         diff = _differences(cfg.llm, source.model.llm)
         if diff:
             raise ModelDirError(f"{where}: its LLM differs from this model's ({'; '.join(diff[:3])})")
+        if cfg.llm.source is None:
+            _check_random_base(model, frozen, "llm.", "llm.", where)
         return {k: k for k in model.trainable_state_dict() if k.startswith("llm.")}
     theirs = source.model.streams.get(part)
     if theirs is None:
@@ -424,12 +457,17 @@ def _part_keys(model: AVSRModel, source: ExperimentConfig, part: str, where: str
     diff += [f"encoder.{d}" for d in _differences(cfg.encoders[ours.encoder], their_encoder)]
     if diff:
         raise ModelDirError(f"{where}: its stream {part!r} is built differently ({'; '.join(diff[:3])})")
+    if cfg.llm.source is None:  # the projector writes into the LLM's embedding space
+        _check_random_base(model, frozen, "llm.", "llm.", where)
     mine = f"encoders.{ours.encoder}."
+    enc = cfg.encoders[ours.encoder]
+    if enc.frozen and enc.source is None:
+        _check_random_base(model, frozen, mine, f"encoders.{theirs.encoder}.", where)
     keys = {}
     for k in model.trainable_state_dict():
         if k.startswith(f"projectors.{part}."):
             keys[k] = k
-        elif k.startswith(mine):  # a trained encoder (frozen ones have no trainable weights)
+        elif k.startswith(mine):  # what trains in the encoder: all of it, or its LoRA
             keys[k] = f"encoders.{theirs.encoder}.{k[len(mine) :]}"
     return keys
 
@@ -440,18 +478,22 @@ def init_from_model_dirs(model: AVSRModel, sources: dict[str, str]) -> dict[str,
     or hub id whose part is configured alike. Returns the tensors copied per part. Every tensor of a part
     must be in the source with the same shape; anything else is a one-line :class:`ModelDirError`."""
     copied: dict[str, int] = {}
-    cache: dict[str, tuple[ExperimentConfig, dict[str, torch.Tensor]]] = {}
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
+    cache: dict[str, tuple[ExperimentConfig, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]] = {}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
     for part, path in sources.items():
         where = f"train.init_from.{part}: {path}"
         if path not in cache:
-            root = resolve_model_dir(path)
-            if not (root / WEIGHTS).is_file():
-                raise ModelDirError(f"{where}: no {WEIGHTS} (not a model directory)")
-            cache[path] = (load_experiment(root), _read_safetensors(root / WEIGHTS))
-        source, state = cache[path]
-        keys = _part_keys(model, source, part, where)
+            try:
+                root = resolve_model_dir(path)
+                if not (root / WEIGHTS).is_file():
+                    raise ModelDirError(f"no {WEIGHTS} (not a model directory)")
+                frozen = _read_safetensors(root / FROZEN) if (root / FROZEN).is_file() else None
+                cache[path] = (load_experiment(root), _read_safetensors(root / WEIGHTS), frozen)
+            except UserError as e:
+                raise ModelDirError(f"{where}: {e}") from e
+        source, state, frozen = cache[path]
+        keys = _part_keys(model, source, part, where, frozen)
         if not keys:
             raise ModelDirError(f"{where}: the part has no trainable weights in this model")
         missing = sorted(v for v in keys.values() if v not in state)

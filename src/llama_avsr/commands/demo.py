@@ -112,14 +112,23 @@ def task_config(
     from llama_avsr.experiment import ExperimentConfig
 
     d = copy.deepcopy(base)
+    d["data"]["root"] = str(out / "corpus")
+    d["train"]["out_dir"] = str(out / task)
+    d["train"]["max_minutes"] = minutes
     if noisy:
         d["data"]["train_augment"] = sorted({*d["data"].get("train_augment", []), "audio"})
     if init_from:
         d["train"]["init_from"] = {**(d["train"].get("init_from") or {}), **init_from}
+    # the user's overrides apply to the whole recipe, before it is cut down: an override of a stream
+    # that this task drops is dropped with it, and what follows sees the user's settings
+    d = apply_overrides(d, overrides)
     # the streams that read only the task's modalities (config.TASKS: modalities are data)
     streams = d["model"]["streams"]
     keep = [k for k, s in streams.items() if set(s["inputs"]) <= set(TASKS[task])]
     d["model"]["streams"] = {k: streams[k] for k in keep}
+    if d["train"].get("init_from"):  # the parts of this task's model
+        parts = {k: v for k, v in d["train"]["init_from"].items() if k in keep or k == "llm"}
+        d["train"]["init_from"] = parts or None
     if len(keep) < 2:  # one stream: no other modality to fall back on (the dataset ignores it too)
         d["data"].pop("modality_dropout", None)
         d["train"].pop("blank_first_steps", None)
@@ -162,18 +171,15 @@ def task_config(
         } or None
     used = {s["encoder"] for s in d["model"]["streams"].values()}
     d["model"]["encoders"] = {k: v for k, v in d["model"]["encoders"].items() if k in used}
-    d["data"]["root"] = str(out / "corpus")
-    d["train"]["out_dir"] = str(out / task)
-    d["train"]["max_minutes"] = minutes
-    return ExperimentConfig.from_dict(apply_overrides(d, overrides))
+    return ExperimentConfig.from_dict(d)
 
 
-def stage_init(out: Path, task: str, before: list[str]) -> dict[str, str] | None:
-    """``train.init_from`` of ``task`` after the models ``before`` were trained into ``out``: the AVSR model
-    starts from each part of :data:`AVSR_PARTS_FROM` whose source model was trained."""
+def stage_init(task: str, trained: dict[str, Path]) -> dict[str, str] | None:
+    """``train.init_from`` of ``task`` when the models ``trained`` (task → model directory) come before
+    it: the AVSR model starts from each part of :data:`AVSR_PARTS_FROM` whose source model is there."""
     if task != "avsr":
         return None
-    return {k: str(out / v / "model") for k, v in AVSR_PARTS_FROM.items() if v in before} or None
+    return {k: str(trained[v]) for k, v in AVSR_PARTS_FROM.items() if v in trained} or None
 
 
 def demo_overrides(n_val: int, overrides: list[str]) -> list[str]:
@@ -228,18 +234,28 @@ def run(args: argparse.Namespace) -> int:
     snrs = parse_snrs(args.snr or ("clean,10,5,0,-5" if args.full else "clean,0"))
     summaries: dict[str, Any] = {}
     speeds: dict[str, Any] = {}
-    for i, task in enumerate(tasks):
-        init = stage_init(out, task, tasks[:i])
-        budget = args.minutes or minutes[task]
-        exp = task_config(base, task, out, budget, overrides, noisy=args.full, init_from=init)
+    # every stage's config first: a mistake in the recipe or the overrides stops the demo before any
+    # training, not after the first stage
+    plan: list[tuple[str, Any]] = []
+    planned: dict[str, Path] = {}
+    for task in tasks:
+        budget = args.minutes if args.minutes is not None else minutes[task]
+        exp = task_config(
+            base, task, out, budget, overrides, noisy=args.full, init_from=stage_init(task, planned)
+        )
         exp.train.seed = args.seed
+        planned[task] = Path(exp.train.out_dir) / "model"
+        plan.append((task, exp))
+    for i, (task, exp) in enumerate(plan):
+        init = exp.train.init_from or {}
+        sources = {v: k.upper() for k, v in planned.items()}
         log.warning(
-            "[2/4] training %s (%d/%d) for up to %.0f min%s → %s",
+            "[2/4] training %s (%d/%d)%s%s → %s",
             task.upper(),
             i + 1,
             len(tasks),
-            budget,
-            f", starting from {', '.join(f'{k} of {Path(v).parent.name.upper()}' for k, v in init.items())}"
+            f" for up to {exp.train.max_minutes:g} min" if exp.train.max_minutes else "",
+            (", starting from " + ", ".join(f"{k} of {sources.get(Path(v), v)}" for k, v in init.items()))
             if init
             else "",
             exp.train.out_dir,
