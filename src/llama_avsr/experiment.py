@@ -364,7 +364,7 @@ class ExperimentConfig:
             if not enc.frozen:
                 raise ValueError(f"train.aligner_encoders.{name}: an alignment encoder must be frozen")
         parts = set(t.init_from or {})
-        unknown = parts - {*m.streams, "llm"}
+        unknown = parts - {*m.streams, "llm"} if parts else set()
         if unknown:
             raise ValueError(
                 f"train.init_from: {sorted(unknown)} are not parts of the model (its streams "
