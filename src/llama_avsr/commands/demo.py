@@ -246,9 +246,9 @@ def run(args: argparse.Namespace) -> int:
         exp.train.seed = args.seed
         planned[task] = Path(exp.train.out_dir) / "model"
         plan.append((task, exp))
+    sources = {v: k.upper() for k, v in planned.items()}  # model directory → the stage that writes it
     for i, (task, exp) in enumerate(plan):
         init = exp.train.init_from or {}
-        sources = {v: k.upper() for k, v in planned.items()}
         log.warning(
             "[2/4] training %s (%d/%d)%s%s → %s",
             task.upper(),

@@ -52,7 +52,6 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,9 +89,8 @@ class WarmupReport:
     val_token_error_rate: dict[str, float] = field(default_factory=dict)
 
 
-def warmup_streams(model: AVSRModel, names: list[str] | None, started: Iterable[str] = ()) -> list[str]:
-    """The streams to warm up: ``names``, or every stream whose encoder has no trainable parameter, but
-    not those in ``started`` (initialised from a trained model: ``train.init_from``)."""
+def warmup_streams(model: AVSRModel, names: list[str] | None) -> list[str]:
+    """The streams to warm up: ``names``, or every stream whose encoder has no trainable parameter."""
     streams = model.cfg.streams
     if names is not None:
         unknown = set(names) - set(streams)
@@ -104,7 +102,7 @@ def warmup_streams(model: AVSRModel, names: list[str] | None, started: Iterable[
     return [
         n
         for n, s in streams.items()
-        if n not in set(started) and not any(p.requires_grad for p in model.encoders[s.encoder].parameters())
+        if not any(p.requires_grad for p in model.encoders[s.encoder].parameters())
     ]
 
 
@@ -196,14 +194,16 @@ def ctc_warmup(model: AVSRModel, exp: Any) -> WarmupReport:
     """Fit the chosen projectors (and trainable encoders) with CTC against the LLM's input embeddings
     (module docstring)."""
     t = exp.train
+    # streams initialised from a trained model (train.init_from) are not warmed up; a warning when the
+    # config names them
     started = set(t.init_from or {})
-    named = warmup_streams(model, t.ctc_warmup_streams) if t.ctc_warmup_streams is not None else []
-    skipped = [n for n in named if n in started and stream_epochs(t, n) > 0]
-    if skipped:
+    chosen = warmup_streams(model, t.ctc_warmup_streams)
+    skipped = [n for n in chosen if n in started and stream_epochs(t, n) > 0]
+    if skipped and t.ctc_warmup_streams is not None:
         log.warning(
             "CTC warm-up: %s start from trained models (train.init_from): not warmed up", ", ".join(skipped)
         )
-    streams = [n for n in warmup_streams(model, t.ctc_warmup_streams, started) if n not in started]
+    streams = [n for n in chosen if n not in started]
     if not streams and t.init_from:
         log.info("CTC warm-up: every stream starts from a trained model (train.init_from); skipped")
         return WarmupReport([], 0, 0, {}, 0.0)
