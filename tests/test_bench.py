@@ -142,6 +142,16 @@ def test_bench_a_model_directory_judges_identity_in_float32(tmp_path):
     assert dec["identical_transcripts_float32"] == dec["utterances"] == 4
     assert report["targets"]["beam_decoding"]["identical_transcripts_float32"] == "4/4"
     assert "--model" in report["command"] and "float32" in format_report(report)
+    # the fast path in bf16 against the paper-exact loop in float32 (the published code's setting)
+    paper32 = dec["paper_exact_float32"]
+    assert paper32["batch_size"] == 1 and paper32["prefill_once"] is False
+    assert dec["speedup_vs_paper_exact_float32"] == pytest.approx(
+        dec["batched"]["utterances_per_s"] / paper32["utterances_per_s"], rel=1e-3
+    )
+    target = report["targets"]["beam_decoding_vs_paper_exact_float32"]
+    assert target["measured"] == dec["speedup_vs_paper_exact_float32"]
+    assert target["identical_transcripts_float32"] == "4/4"
+    assert "paper-exact loop in float32" in format_report(report)
 
 
 def test_bench_rates_section_reports_the_cost_of_every_task_and_rate(tmp_path):

@@ -157,3 +157,20 @@ def test_demo_overrides_apply_to_the_whole_recipe_before_each_stage_is_cut_from_
     assert scratch.train.warmup_aligners == base["train"]["warmup_aligners"]
     mine = task_config(base, "asr", tmp_path, 1.0, ["train.max_minutes=2.5", "train.init_from={video: x}"])
     assert mine.train.max_minutes == 2.5 and mine.train.init_from is None
+
+
+def test_the_demo_stages_share_one_feature_cache_folder(tmp_path) -> None:
+    """Every stage caches frozen-encoder features in ``<out>/features``: the VSR stage's alignment
+    encoder is the AVSR model's audio encoder (the same config, hence the same fingerprint), so the
+    clean features the VSR stage aligns with are those the AVSR stage's warm-up reads. A user's
+    ``train.feature_cache`` override wins."""
+    from llama_avsr.commands.demo import DEMO_CONFIG, FEATURES, task_config
+    from llama_avsr.config import load_yaml
+
+    base = load_yaml(DEMO_CONFIG)
+    stages = {t: task_config(base, t, tmp_path, 1.0, []) for t in ("asr", "vsr", "avsr")}
+    assert {e.train.feature_cache for e in stages.values()} == {str(tmp_path / FEATURES)}
+    whisper = base["model"]["streams"]["audio"]["encoder"]
+    assert stages["vsr"].train.aligner_encoders[whisper] == stages["avsr"].model.encoders[whisper]
+    mine = task_config(base, "avsr", tmp_path, 1.0, ["train.feature_cache=memory"])
+    assert mine.train.feature_cache == "memory"

@@ -703,3 +703,46 @@ def test_a_run_starts_from_trained_parts_and_does_not_warm_them_up(corpus, tmp_p
     )
     c = load_file(str(third / "model" / "trainable.safetensors"))
     assert not all(torch.equal(a[k], c[k]) for k in weights)
+
+
+def test_alignment_features_in_a_feature_cache_folder_serve_a_later_run(corpus, tmp_path, monkeypatch):
+    """``train.feature_cache`` a folder: the alignment encoder's features are stored there, and a later
+    run with the same encoder reads them instead of encoding the soundtrack again (the demo's VSR stage
+    computes them, its AVSR stage's warm-up reads them); the labels are the same."""
+    from llama_avsr.models.encoders.whisper import WhisperEncoder
+    from llama_avsr.training.module import AVSRLightning
+    from llama_avsr.training.warmup import WarmupReport, _Aligner, _collect
+
+    cache = tmp_path / "features"
+    exp = encoder_rate_exp(
+        corpus,
+        tmp_path,
+        *VIDEO_ONLY,
+        ALIGNER,
+        "train.ctc_warmup_streams={video: 1}",
+        "train.warmup_aligners={video: whisper}",
+        f"train.feature_cache={cache}",
+    )
+
+    def labels():
+        torch.manual_seed(0)  # the same random alignment encoder in both runs
+        model = AVSRLightning(exp).model
+        _, targets = _collect(model, exp, [])
+        vocab = torch.unique(torch.cat(targets))
+        index = torch.zeros(int(vocab.max()) + 1, dtype=torch.long)
+        index[vocab] = torch.arange(1, len(vocab) + 1)
+        report = WarmupReport([], 0, 0, {}, 0.0)
+        return _Aligner.build(model, exp, "video", index, torch.Generator().manual_seed(0), report).labels
+
+    first = labels()
+    stored = list(cache.rglob("*.safetensors"))
+    assert len(stored) == len(first) == 12  # one entry per training utterance
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the alignment encoder ran although its features are in the cache")
+
+    monkeypatch.setattr(WhisperEncoder, "forward", no_encoding)
+    second = labels()
+    assert second.keys() == first.keys()
+    assert all(torch.equal(second[k], first[k]) for k in first)
+    assert sorted(cache.rglob("*.safetensors")) == sorted(stored)

@@ -134,6 +134,12 @@ def format_report(r: dict[str, Any]) -> str:
                 f"{d['paper_exact']['utterances_per_s']:.2f} → {b['utterances_per_s']:.2f} utt/s = "
                 f"{_x(d['speedup_vs_paper_exact'])} (transcripts differ with the encoder input: not compared)"
             )
+        if "paper_exact_float32" in d:
+            lines.append(
+                f"    vs the paper-exact loop in float32 (the published code's setting): "
+                f"{d['paper_exact_float32']['utterances_per_s']:.2f} → {b['utterances_per_s']:.2f} utt/s "
+                f"({d['compute_dtype']}) = {_x(d['speedup_vs_paper_exact_float32'])}"
+            )
         rows = d.get("gemm_flops_per_s_by_rows", {})
         lines.append(
             f"    prompt once per utterance vs once per beam (HF), batched: {p['utterances_per_s']:.2f} → "

@@ -54,6 +54,9 @@ AVSR_PARTS_FROM = {"audio": "asr", "video": "vsr", "llm": "vsr"}
 #: to learn; ``--full``'s AVSR model starts from two trained streams and trains for less
 MINUTES_DEFAULT = {"vsr": 4.0, "avsr": 5.0}
 MINUTES_FULL = {"asr": 15.0, "vsr": 15.0, "avsr": 10.0}
+#: the folder under ``--out`` of the frozen-encoder feature cache that every stage shares
+#: (``train.feature_cache``, when the recipe caches)
+FEATURES = "features"
 #: the label of the AVSR model evaluated with its video blanked (the default demo's audio-only reference)
 VIDEO_BLANKED = "avsr-video-blanked"
 
@@ -115,6 +118,10 @@ def task_config(
     d["data"]["root"] = str(out / "corpus")
     d["train"]["out_dir"] = str(out / task)
     d["train"]["max_minutes"] = minutes
+    if d["train"].get("feature_cache"):
+        # one folder for every stage: the features of a frozen encoder that one stage computes, the next
+        # reads (the VSR stage's alignment features are the AVSR stage's warm-up features)
+        d["train"]["feature_cache"] = str(out / FEATURES)
     if noisy:
         d["data"]["train_augment"] = sorted({*d["data"].get("train_augment", []), "audio"})
     if init_from:

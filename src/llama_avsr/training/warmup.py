@@ -67,6 +67,7 @@ from llama_avsr.devices import resolve_precision
 from llama_avsr.evaluation.metrics import ErrorCounts, align_counts
 from llama_avsr.models.avsr import AVSRModel
 from llama_avsr.models.encoders.base import build_encoder
+from llama_avsr.models.feature_cache import MEMORY, FeatureCache
 
 log = logging.getLogger(__name__)
 
@@ -753,11 +754,23 @@ class _Aligner:
         start = time.time()
         s_enc = model.encoders[model.cfg.streams[student].encoder]
         if teacher in (t.aligner_encoders or {}):  # an encoder built for the alignment alone
-            t_enc = build_encoder(t.aligner_encoders[teacher]).to(model.device).eval()
+            t_cfg = t.aligner_encoders[teacher]
+            t_enc = build_encoder(t_cfg).to(model.device).eval()
             mods = list(t_enc.accepts)
+            # a folder cache (train.feature_cache) keeps its features for the runs that follow: a VSR stage's
+            # alignment features are an AVSR stage's warm-up features (same encoder, same clean inputs)
+            cache = (
+                FeatureCache(t.feature_cache, encoders={teacher})
+                if t.feature_cache and t.feature_cache != MEMORY
+                else None
+            )
 
             def encode(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-                return t_enc({m: batch.inputs[m] for m in mods}, {m: batch.lengths[m] for m in mods})
+                inputs = {m: batch.inputs[m] for m in mods}
+                lengths = {m: batch.lengths[m] for m in mods}
+                if cache is not None:
+                    return cache.encode(teacher, t_enc, t_cfg, inputs, lengths)
+                return t_enc(inputs, lengths)
         else:
             _check_teacher(model, "warmup_aligners", student, teacher)
             t_enc = model.encoders[model.cfg.streams[teacher].encoder]
