@@ -634,3 +634,19 @@ def test_blank_first_steps_needs_two_modalities():
 
     with pytest.raises(ConfigError, match="not one of several modalities"):
         ExperimentConfig.load(TINY, [*MODALITIES["audio"], "train.blank_first_steps={audio: 10}"])
+
+
+def test_eval_dtype_casts_the_model_and_records_the_precision(corpus, tmp_path, uninterrupted):
+    """``eval --dtype``: the same model decoded in another precision (e.g. float32 against bf16), the
+    precision recorded with each result; without it the saved dtypes decode."""
+    model = str(uninterrupted / "model")
+    precision = {}
+    for dtype in (None, "bfloat16"):
+        out = tmp_path / str(dtype)
+        args = ["eval", "--model", model, "--snr", "clean", "--out", str(out)]
+        assert main([*args, *(["--dtype", dtype] if dtype else [])]) == 0
+        (summary,) = json.loads((out / "results.json").read_text()).values()
+        precision[dtype] = summary["by_snr"]["clean"]["llm_dtype"]
+    assert precision == {None: "float32", "bfloat16": "bfloat16"}  # the tiny recipe's LLM is float32
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", model, "--dtype", "int8"])

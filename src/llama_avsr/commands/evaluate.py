@@ -85,6 +85,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="auto", help="torch device: auto (a GPU when there is one), cpu, cuda:0, …"
     )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="cast the whole model to this dtype before decoding, e.g. float32 to compare a bf16 model's "
+        "WER with full precision (default: the dtypes the model was saved with)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         summary = evaluate_model_dir(
             args.model, data, args.out, parse_snrs(args.snr), args.split, dec, args.label,
             resolve_device(args.device), skipped_as_errors=args.score_skipped, streams=args.streams,
-            task=args.task, rates=args.rates,
+            task=args.task, rates=args.rates, dtype=args.dtype,
         )  # fmt: skip
     except ValueError as e:
         if "task" in str(e) or "rates" in str(e):

@@ -121,6 +121,8 @@ def decode_split(
         "skipped": len(skipped),
         "skipped_ids": skipped,
         "decode_seconds": round(elapsed, 2),
+        # the precision the LLM decoded in (its weights'; ``eval --dtype`` casts them)
+        "llm_dtype": str(model.llm.get_input_embeddings().weight.dtype).removeprefix("torch."),
         "utterances_per_second": round(len(records) / elapsed, 3) if elapsed else math.inf,
         "real_time_factor": round(elapsed / media_seconds, 4) if media_seconds else math.nan,
         "llm_media_tokens_per_second": round(media_tokens / media_seconds, 3) if media_seconds else math.nan,
@@ -258,8 +260,12 @@ def evaluate_model_dir(
     streams: Sequence[str] | None = None,
     task: str | None = None,
     rates: dict[str, int] | None = None,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model directory; results are also stored beside the model (its card).
+
+    ``dtype``: cast the whole model to it first (``"float32"``: full-precision decoding of a bf16 model;
+    ``None`` keeps the saved dtypes).
 
     A multi-task or multi-rate model is evaluated for every task × rate combination (only ``task`` /
     only at ``rates`` when given): returns ``{"grid": [summary, …]}`` with one summary per combination,
@@ -268,6 +274,10 @@ def evaluate_model_dir(
     from llama_avsr.model_dir import load_model_dir, update_results
 
     model, exp = load_model_dir(model_dir, device=resolve_device(device))
+    if dtype is not None:
+        from llama_avsr.config import torch_dtype
+
+        model.to(torch_dtype(dtype))
     data = data or exp.data
     if out_dir is None:  # beside a local model; for a hub repo id, under ./eval/<owner>__<name>
         local = Path(model_dir)
