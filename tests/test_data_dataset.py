@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -356,7 +357,19 @@ def test_modality_dropout_in_training_only_and_blanking_at_eval(corpus: Path) ->
         DataConfig(blank_modalities=["text"])
 
 
-def test_video_cache_decodes_each_item_once_and_changes_no_result(corpus: Path, monkeypatch) -> None:
+@pytest.fixture
+def decoded_videos():
+    """The process's decoded-video cache, empty before and after the test."""
+    from llama_avsr.data.dataset import DECODED_VIDEOS
+
+    DECODED_VIDEOS.clear()
+    yield DECODED_VIDEOS
+    DECODED_VIDEOS.clear()
+
+
+def test_video_cache_decodes_each_item_once_and_changes_no_result(
+    corpus: Path, monkeypatch, decoded_videos
+) -> None:
     """``data.video_cache_mb``: over two training epochs each video is decoded once; the batches equal
     those of a loader that decodes every time (augmentation included), and the cached frames are still
     the decoded ones afterwards (no transform wrote into them)."""
@@ -387,21 +400,59 @@ def test_video_cache_decodes_each_item_once_and_changes_no_result(corpus: Path, 
     assert sorted(decoded) == sorted(u.id for u in utterances)  # once each
     for x, y in zip(plain, cached, strict=True):
         assert x.ids == y.ids and torch.equal(x.inputs["video"], y.inputs["video"])
-    for i, frames in ds._video_cache.items():
-        assert torch.equal(frames, read(utterances[i]))
+    assert len(decoded_videos) == len(utterances)
+    for u in utterances:
+        assert torch.equal(decoded_videos.get(decoded_videos.key(u.video)), read(u))
 
 
-def test_video_cache_keeps_to_its_budget(corpus: Path) -> None:
+def test_video_cache_keeps_to_its_budget(corpus: Path, decoded_videos) -> None:
     utterances = utts(corpus)
     one = AVDataset.read_video(utterances[0])
     budget = one.numel() + 10  # room for the first video only
     ds = AVDataset(utterances, ["video"], video_cache_bytes=budget)
     for i in range(len(ds)):
         ds[i]
-    assert list(ds._video_cache) == [0] and ds._video_cached <= budget
-    assert AVDataset(utterances, ["video"])._video_cache == {}
+    assert len(decoded_videos) == 1 and decoded_videos.bytes <= budget
+    assert decoded_videos.get(decoded_videos.key(utterances[0].video)) is not None
+    decoded_videos.clear()
+    for i in range(len(ds)):
+        AVDataset(utterances, ["video"])[i]  # no budget: nothing kept
+    assert len(decoded_videos) == 0
     with pytest.raises(ValueError, match="video_cache_mb"):
         DataConfig(video_cache_mb=-1)
+
+
+def test_decoded_videos_serve_every_later_loader_and_its_forked_worker(
+    corpus: Path, monkeypatch, decoded_videos
+) -> None:
+    """The decoded frames are the process's: a later loader (a training run's next warm-up pass, its
+    training loader, a second run in the same process) decodes nothing — nor does its worker process,
+    forked after the cache was filled — and reads the same frames; a rewritten file is decoded again."""
+    utterances = utts(corpus)
+    collator = Collator(CharTokenizer(), ["video"])
+    first = build_dataloader(
+        utterances, DataConfig(num_workers=0, max_frames=120, video_cache_mb=64), collator, "val"
+    )
+    before = list(first)
+    assert len(decoded_videos) == len(utterances)
+
+    def no_decoding(utt: Utterance) -> torch.Tensor:
+        raise media.MediaError(f"{utt.video} decoded again")
+
+    monkeypatch.setattr(AVDataset, "read_video", staticmethod(no_decoding))
+    for workers in (0, 1):
+        cfg = DataConfig(num_workers=workers, max_frames=120, video_cache_mb=64)
+        again = list(build_dataloader(utterances, cfg, collator, "val"))
+        assert not any(b.skipped for b in again)  # a decode would have failed the item
+        for x, y in zip(before, again, strict=True):
+            assert x.ids == y.ids and torch.equal(x.inputs["video"], y.inputs["video"])
+    # a file written again (new modification time) is not served from the cache
+    path = Path(utterances[0].video)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    ds = AVDataset(utterances, ["video"], video_cache_bytes=64 << 20)
+    with pytest.raises(media.MediaError, match="decoded again"):
+        ds.load(0)
 
 
 def test_augment_variants_repeat_a_modality_every_k_epochs_and_leave_the_others_fresh(corpus: Path) -> None:

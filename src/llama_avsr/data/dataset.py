@@ -38,6 +38,50 @@ log = logging.getLogger(__name__)
 _VARIANT_TAG = 0x5641524E
 
 
+class DecodedVideos:
+    """Decoded frames of video files (uint8, before augmentation), kept for the whole process and shared
+    by all its datasets (``DataConfig.video_cache_mb``): a training run's warm-up passes over the data
+    and its training loader decode each file once — the loader's workers, forked after the warm-up
+    filled the cache in this process, inherit it (copy-on-write) — and so does a second run in the same
+    process (the demo's stages). A DataLoader worker adds what it decodes to its own copy. Keyed by the
+    file's path, size and modification time: a rewritten file is decoded again. Each dataset adds frames
+    only while the cache holds less than its own budget."""
+
+    def __init__(self) -> None:
+        self._frames: dict[tuple[str, int, int], torch.Tensor] = {}
+        self.bytes = 0  # held
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @staticmethod
+    def key(path: str | Path | None) -> tuple[str, int, int] | None:
+        if path is None:
+            return None
+        try:
+            st = Path(path).stat()
+        except OSError:  # read_video names the missing file
+            return None
+        return (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+    def get(self, key: tuple[str, int, int] | None) -> torch.Tensor | None:
+        return None if key is None else self._frames.get(key)
+
+    def put(self, key: tuple[str, int, int] | None, frames: torch.Tensor, budget: int) -> None:
+        size = frames.numel() * frames.element_size()
+        if key is not None and key not in self._frames and self.bytes + size <= budget:
+            self._frames[key] = frames
+            self.bytes += size
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self.bytes = 0
+
+
+#: this process's decoded videos (:class:`DecodedVideos`)
+DECODED_VIDEOS = DecodedVideos()
+
+
 class DataError(UserError, ValueError):
     """A label file or corpus setting that cannot be used (named in the message)."""
 
@@ -112,7 +156,8 @@ class AVDataset(Dataset):
         one of K generators fixed per item, seeded by (seed, variant, index, modality): variant
         ``epoch mod K`` for a keyed item, a random one (from the item's generator) for a plain index.
     video_cache_bytes: decoded video frames (uint8, before augmentation) of up to this many bytes are kept
-        per process and reused instead of decoding again (``DataConfig.video_cache_mb``); 0: none.
+        per process and reused instead of decoding again (``DataConfig.video_cache_mb``; the process's
+        :data:`DECODED_VIDEOS`, shared by its datasets); 0: none.
     """
 
     def __init__(
@@ -155,8 +200,6 @@ class AVDataset(Dataset):
         self._gen: torch.Generator | None = None
         self._gen_owner: int | None = None
         self.video_cache_bytes = video_cache_bytes
-        self._video_cache: dict[int, torch.Tensor] = {}
-        self._video_cached = 0  # bytes held
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -169,7 +212,6 @@ class AVDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_gen"] = state["_gen_owner"] = None  # each worker seeds its own
-        state["_video_cache"], state["_video_cached"] = {}, 0  # and keeps its own decoded frames
         return state
 
     def generator(self) -> torch.Generator:
@@ -192,16 +234,15 @@ class AVDataset(Dataset):
         return torch.from_numpy(media.resample_frames(frames, fps))
 
     def _cached_video(self, index: int, utt: Utterance) -> torch.Tensor:
-        """:meth:`read_video`, from this process's cache of decoded frames when it holds the item (the
+        """:meth:`read_video`, from this process's cache of decoded frames when it holds the file (the
         transforms never modify their input in place, so a cached tensor is handed out as is)."""
-        frames = self._video_cache.get(index)
-        if frames is not None:
-            return frames
-        frames = self.read_video(utt)
-        size = frames.numel() * frames.element_size()
-        if self._video_cached + size <= self.video_cache_bytes:
-            self._video_cache[index] = frames
-            self._video_cached += size
+        if not self.video_cache_bytes:
+            return self.read_video(utt)
+        key = DECODED_VIDEOS.key(utt.video)
+        frames = DECODED_VIDEOS.get(key)
+        if frames is None:
+            frames = self.read_video(utt)
+            DECODED_VIDEOS.put(key, frames, self.video_cache_bytes)
         return frames
 
     @staticmethod

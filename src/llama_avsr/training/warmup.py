@@ -107,10 +107,14 @@ def warmup_streams(model: AVSRModel, names: list[str] | None) -> list[str]:
     ]
 
 
-def _data(exp: Any) -> Any:
+def _data(exp: Any, mods: list[str] | tuple[str, ...] = ()) -> Any:
     """The data config for the warm-up: every input present (CTC cannot transcribe a blanked stream), so
-    without modality dropout and evaluation blanking."""
-    return dataclasses.replace(exp.data, modality_dropout={}, blank_modalities=[])
+    without modality dropout and evaluation blanking. A loader of ``mods`` with video, when decoded videos
+    are cached (``data.video_cache_mb``), loads in this process: the frames it decodes stay in the
+    process's cache for the warm-up's later passes and for the training loader's workers, forked
+    afterwards (``data.dataset.DecodedVideos``), so each video is decoded once per run, not per loader."""
+    here = {"num_workers": 0} if exp.data.video_cache_mb and "video" in mods else {}
+    return dataclasses.replace(exp.data, modality_dropout={}, blank_modalities=[], **here)
 
 
 def _targets(row: torch.Tensor, eos: int) -> torch.Tensor:
@@ -140,7 +144,7 @@ def _collect(
     collator = Collator(model.tokenizer, mods)
     loader = build_dataloader(
         load_split(_data(exp), split),
-        _data(exp),
+        _data(exp, mods),
         collator,
         "val",  # no augmentation, no shuffling
         modalities=mods,
@@ -877,7 +881,7 @@ def _warm_trained_stream(
         teacher_mods = [m for m in model.cfg.streams[teacher_name].inputs if m not in mods]
         mods += teacher_mods
     collator = Collator(model.tokenizer, mods)
-    data = _data(exp)
+    data = _data(exp, mods)
     if teacher_name is not None:  # the teacher hears clean audio (and its features come from the cache)
         data = dataclasses.replace(
             data,
