@@ -30,7 +30,7 @@ from typing import Any
 HELP = "synthesise a corpus, train AVSR with the embedded real models, evaluate, transcribe a raw video"
 DESCRIPTION = __doc__
 EXAMPLES = """\
-llama-avsr demo                       # 16 minutes on 2 CPU cores (measured 2026-12-07), results in demo_out/
+llama-avsr demo                       # 16 minutes on 2 CPU cores (measured 2026-12-08), results in demo_out/
 llama-avsr demo --full -o demo_full   # ASR, VSR, then AVSR from them, compared over SNRs (51 min, 2026-12-07)
 llama-avsr demo --minutes 3 train.lr=2e-3
 """
