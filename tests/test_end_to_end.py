@@ -638,15 +638,22 @@ def test_blank_first_steps_needs_two_modalities():
 
 def test_eval_dtype_casts_the_model_and_records_the_precision(corpus, tmp_path, uninterrupted):
     """``eval --dtype``: the same model decoded in another precision (e.g. float32 against bf16), the
-    precision recorded with each result; without it the saved dtypes decode."""
-    model = str(uninterrupted / "model")
+    precision recorded with each result and in the default label; without it the saved dtypes decode.
+    The model's card keeps the evaluation of the model as saved."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(uninterrupted / "model", model)
     precision = {}
     for dtype in (None, "bfloat16"):
         out = tmp_path / str(dtype)
-        args = ["eval", "--model", model, "--snr", "clean", "--out", str(out)]
+        args = ["eval", "--model", str(model), "--snr", "clean", "--out", str(out)]
         assert main([*args, *(["--dtype", dtype] if dtype else [])]) == 0
-        (summary,) = json.loads((out / "results.json").read_text()).values()
-        precision[dtype] = summary["by_snr"]["clean"]["llm_dtype"]
-    assert precision == {None: "float32", "bfloat16": "bfloat16"}  # the tiny recipe's LLM is float32
+        ((label, summary),) = json.loads((out / "results.json").read_text()).items()
+        precision[dtype] = (label, summary["by_snr"]["clean"]["llm_dtype"])
+    # the tiny recipe's LLM is float32
+    assert precision == {None: ("audio+video", "float32"), "bfloat16": ("audio+video@bfloat16", "bfloat16")}
+    card = json.loads((model / "results.json").read_text())["evaluation"]
+    assert card["label"] == "audio+video" and card["by_snr"]["clean"]["llm_dtype"] == "float32"
     with pytest.raises(SystemExit):
-        main(["eval", "--model", model, "--dtype", "int8"])
+        main(["eval", "--model", str(model), "--dtype", "int8"])

@@ -90,7 +90,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("float32", "bfloat16", "float16"),
         default=None,
         help="cast the whole model to this dtype before decoding, e.g. float32 to compare a bf16 model's "
-        "WER with full precision (default: the dtypes the model was saved with)",
+        "WER with full precision; labelled <label>@<dtype>, and not written into the model's card "
+        "(default: the dtypes the model was saved with)",
     )
 
 

@@ -61,8 +61,10 @@ class DataConfig:
     seed: seeds the batch order (with the epoch) and the augmentation generators.
     on_error: ``skip`` logs and drops unreadable items, ``raise`` fails on the first one.
     video_cache_mb: keep up to this many MiB of decoded video (uint8 gray frames, before augmentation) in
-        each loading process, so that later epochs skip decoding (each DataLoader worker keeps its own;
-        workers are persistent). 0: decode every time. The demo's 1200 utterances take about 830 MiB.
+        the process, shared by all its datasets, so that later epochs and later loaders skip decoding
+        (``data.dataset.DecodedVideos``: persistent DataLoader workers keep their own copy, and workers
+        forked after the process filled it inherit it; nothing is evicted — the budget caps what is
+        added). 0: decode every time. The demo's 1200 utterances take about 830 MiB.
     """
 
     root: str | None = None

@@ -265,7 +265,8 @@ def evaluate_model_dir(
     """Evaluate a model directory; results are also stored beside the model (its card).
 
     ``dtype``: cast the whole model to it first (``"float32"``: full-precision decoding of a bf16 model;
-    ``None`` keeps the saved dtypes).
+    ``None`` keeps the saved dtypes). Such a run is labelled ``<label>@<dtype>`` by default and is not
+    written into the model directory's card, which keeps the evaluation of the model as saved.
 
     A multi-task or multi-rate model is evaluated for every task × rate combination (only ``task`` /
     only at ``rates`` when given): returns ``{"grid": [summary, …]}`` with one summary per combination,
@@ -276,8 +277,20 @@ def evaluate_model_dir(
     model, exp = load_model_dir(model_dir, device=resolve_device(device))
     if dtype is not None:
         from llama_avsr.config import torch_dtype
+        from llama_avsr.devices import native_bf16
 
-        model.to(torch_dtype(dtype))
+        cast = torch_dtype(dtype)
+        dev = next(model.parameters()).device
+        if dev.type == "cpu" and (
+            cast == torch.float16 or (cast == torch.bfloat16 and not native_bf16("cpu"))
+        ):
+            log.warning("%s on this CPU has no native matrix products: decoding will be slow", dtype)
+        model.to(cast)
+    card = dtype is None  # the card holds the evaluation of the model as saved
+
+    def tag(name: str) -> str:
+        return f"{name}@{dtype}" if dtype is not None else name
+
     data = data or exp.data
     if out_dir is None:  # beside a local model; for a hub repo id, under ./eval/<owner>__<name>
         local = Path(model_dir)
@@ -287,17 +300,18 @@ def evaluate_model_dir(
         if task is not None:
             cfg.check_task(task)
         cfg.check_rates(rates)
-        label = label or "+".join(check_streams(streams, model.cfg.modalities))
+        label = label or tag("+".join(check_streams(streams, model.cfg.modalities)))
         summary = evaluate(
             model, data, out_dir, snrs, split, options or exp.decode, label, skipped_as_errors, streams
         )
-        update_results(model_dir, {"evaluation": summary})
+        if card:
+            update_results(model_dir, {"evaluation": summary})
         return summary
     grid = []
     for t in [cfg.check_task(task)] if task is not None else cfg.task_names:
         combos = [cfg.check_rates(rates, t)] if rates else cfg.rate_combinations(t)
         for r in combos:
-            name = f"{label + ' ' if label else ''}{t} {rates_key(r)}"
+            name = tag(f"{label + ' ' if label else ''}{t} {rates_key(r)}")
             grid.append(
                 evaluate(
                     model, data, out_dir, snrs, split, options or exp.decode, name, skipped_as_errors,
@@ -306,7 +320,8 @@ def evaluate_model_dir(
             )  # fmt: skip
     summary = {"grid": grid}
     plot_wer_vs_tokens(grid, Path(out_dir) / "wer_vs_tokens.png")
-    update_results(model_dir, {"evaluation": summary})
+    if card:
+        update_results(model_dir, {"evaluation": summary})
     return summary
 
 

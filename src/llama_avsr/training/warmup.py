@@ -108,13 +108,25 @@ def warmup_streams(model: AVSRModel, names: list[str] | None) -> list[str]:
 
 
 def _data(exp: Any, mods: list[str] | tuple[str, ...] = ()) -> Any:
-    """The data config for the warm-up: every input present (CTC cannot transcribe a blanked stream), so
-    without modality dropout and evaluation blanking. A loader of ``mods`` with video, when decoded videos
-    are cached (``data.video_cache_mb``), loads in this process: the frames it decodes stay in the
-    process's cache for the warm-up's later passes and for the training loader's workers, forked
-    afterwards (``data.dataset.DecodedVideos``), so each video is decoded once per run, not per loader."""
-    here = {"num_workers": 0} if exp.data.video_cache_mb and "video" in mods else {}
-    return dataclasses.replace(exp.data, modality_dropout={}, blank_modalities=[], **here)
+    """The data config for the warm-up: every input present (CTC cannot transcribe a blanked stream) and
+    clean, so without modality dropout, evaluation blanking and evaluation noise. A loader of ``mods``
+    with video, when decoded videos are cached (``data.video_cache_mb``) and DataLoader workers are
+    forked, loads in this process: the frames it decodes stay in the process's cache for the warm-up's
+    later passes and for the training loader's workers, forked afterwards and inheriting it
+    (``data.dataset.DecodedVideos``), so each training video is decoded once per run, not per loader.
+    (Spawned workers start with an empty cache: there the warm-up keeps its workers.)"""
+    here = {"num_workers": 0} if exp.data.video_cache_mb and "video" in mods and _workers_fork() else {}
+    return dataclasses.replace(
+        exp.data, modality_dropout={}, blank_modalities=[], decode_snr_target=None, **here
+    )
+
+
+def _workers_fork() -> bool:
+    """Whether DataLoader workers start by fork (and so inherit this process's memory)."""
+    import torch.multiprocessing as mp
+
+    # the method set for this process, else the platform's default (the first of get_all_start_methods)
+    return (mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]) == "fork"
 
 
 def _targets(row: torch.Tensor, eos: int) -> torch.Tensor:
@@ -785,7 +797,7 @@ class _Aligner:
 
         ratio = float(t_enc.frame_rate) / float(s_enc.frame_rate)  # teacher frames per student frame
         collator = Collator(model.tokenizer, mods)
-        data = _data(exp)
+        data = _data(exp, mods)
         loader = build_dataloader(load_split(data, "train"), data, collator, "val", modalities=mods)
         feats, ys, ids = [], [], []
         was_training = model.training
