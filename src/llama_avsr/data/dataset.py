@@ -233,7 +233,7 @@ class AVDataset(Dataset):
         frames, fps = media.read_video(utt.video, gray=True)
         return torch.from_numpy(media.resample_frames(frames, fps))
 
-    def _cached_video(self, index: int, utt: Utterance) -> torch.Tensor:
+    def _cached_video(self, utt: Utterance) -> torch.Tensor:
         """:meth:`read_video`, from this process's cache of decoded frames when it holds the file (the
         transforms never modify their input in place, so a cached tensor is handed out as is)."""
         if not self.video_cache_bytes:
@@ -267,7 +267,7 @@ class AVDataset(Dataset):
         utt = self.utterances[index]
         raw: dict[str, torch.Tensor] = {}
         if "video" in self.modalities:
-            raw["video"] = self._cached_video(index, utt)
+            raw["video"] = self._cached_video(utt)
         if "audio" in self.modalities:
             raw["audio"] = self.read_audio(utt)
             if "video" in raw:

@@ -280,8 +280,7 @@ def evaluate_model_dir(
         from llama_avsr.devices import native_bf16
 
         cast = torch_dtype(dtype)
-        dev = next(model.parameters()).device
-        if dev.type == "cpu" and (
+        if model.device.type == "cpu" and (
             cast == torch.float16 or (cast == torch.bfloat16 and not native_bf16("cpu"))
         ):
             log.warning("%s on this CPU has no native matrix products: decoding will be slow", dtype)
